@@ -1,0 +1,59 @@
+# relive: `make run` runs the demo, `make test` runs the tests. Both set up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+TOOLS := .tools
+UV := $(TOOLS)/uv/bin/uv
+VENV := .venv
+STAMP := $(VENV)/.synced
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+export UV_PYTHON := $(PYTHON)
+PY_SRC := clients/python/src services/core/src services/registry/src services/recorder/src services/executor/src
+PROTO_OUT := clients/python/src
+
+.PHONY: run test setup protos lint check-protos bench clean up down node
+
+run: setup
+	$(VENV)/bin/relive demo
+
+test: setup
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+setup: $(STAMP) node_modules/.installed
+
+$(UV):
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(TOOLS)/uv 'uv>=0.4,<1'
+
+$(STAMP): $(UV) uv.lock pyproject.toml */*/pyproject.toml
+	$(UV) sync --frozen --all-packages
+	touch $@
+
+uv.lock: pyproject.toml */*/pyproject.toml | $(UV)
+	$(UV) lock
+
+node_modules/.installed: package.json package-lock.json
+	@if command -v npm >/dev/null; then npm ci --silent --no-audit --no-fund && touch $@; \
+	else echo "npm not found: buf lint and the Node client are skipped"; fi
+
+# Regenerates the committed Python code from protos/.
+protos: $(STAMP)
+	$(VENV)/bin/python scripts/gen_protos.py
+
+# Fails when the committed generated code differs from what protos/ gives.
+check-protos: protos
+	@git add -N $(PROTO_OUT) >/dev/null 2>&1 || true
+	@git diff --exit-code --stat -- $(PROTO_OUT) || \
+	  (echo "generated code is stale: run 'make protos' and commit" && exit 1)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(PY_SRC) tests bench examples scripts
+	node_modules/.bin/buf lint protos
+
+bench: setup
+	$(UV) sync --frozen --all-packages --group bench
+	for b in bench/*.py; do $(VENV)/bin/python $$b --quick; done
+
+clean:
+	rm -rf $(VENV) $(TOOLS) node_modules .relive

@@ -1,0 +1,1 @@
+"""The ``relive`` command line."""

@@ -1,0 +1,1 @@
+"""Generated code for relive.executor.v1; do not edit."""

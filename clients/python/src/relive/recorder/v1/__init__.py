@@ -1,0 +1,1 @@
+"""Generated code for relive.recorder.v1; do not edit."""

@@ -1,0 +1,1 @@
+"""Generated code for relive.registry.v1; do not edit."""

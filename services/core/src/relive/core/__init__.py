@@ -1,0 +1,1 @@
+"""Plumbing shared by the relive services: configuration, errors, serving, storage."""

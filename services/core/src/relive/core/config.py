@@ -1,0 +1,93 @@
+"""Configuration of every relive process, read from ``RELIVE_*`` variables in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+def _bool(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "on", "yes"}
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a service or the CLI needs to know about its surroundings."""
+
+    data_dir: Path = Path(".relive")
+    # None means: start the embedded nx-27017 store under data_dir.
+    mongodb_uri: str | None = None
+    # Prefix of the per-service databases: "<prefix>_registry", "<prefix>_recorder", ...
+    db_prefix: str = "relive"
+    host: str = "127.0.0.1"
+    port: int = 0
+    # Where the other services are, as host:port.
+    registry_endpoint: str | None = None
+    recorder_endpoint: str | None = None
+    executor_endpoint: str | None = None
+    ray_address: str | None = None
+    auth: bool = False
+    auth_tokens_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Directories searched for component code, in order.
+    code_path: tuple[str, ...] = field(default_factory=lambda: (os.getcwd(),))
+    # Bounds on input.
+    max_event_bytes: int = 256 * 1024
+    max_batch_events: int = 10_000
+    max_page_size: int = 1000
+    # Seconds between periodic retention sweeps.
+    retention_interval_s: float = 3600.0
+    grace_s: float = 5.0
+    max_workers: int = 64
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Reads ``RELIVE_*`` variables; keyword arguments win over the environment."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if v := env.get("RELIVE_DATA_DIR"):
+            values["data_dir"] = Path(v)
+        if v := env.get("RELIVE_MONGODB_URI"):
+            values["mongodb_uri"] = v
+        if v := env.get("RELIVE_DB_PREFIX"):
+            values["db_prefix"] = v
+        if v := env.get("RELIVE_HOST"):
+            values["host"] = v
+        if v := env.get("RELIVE_PORT"):
+            values["port"] = int(v)
+        for service in ("registry", "recorder", "executor"):
+            if v := env.get(f"RELIVE_{service.upper()}_ENDPOINT"):
+                values[f"{service}_endpoint"] = v
+        if v := env.get("RELIVE_RAY_ADDRESS"):
+            values["ray_address"] = v
+        values["auth"] = _bool(env.get("RELIVE_AUTH"))
+        values["auth_tokens_file"] = _path(env.get("RELIVE_AUTH_TOKENS_FILE"))
+        values["tls_cert"] = _path(env.get("RELIVE_TLS_CERT"))
+        values["tls_key"] = _path(env.get("RELIVE_TLS_KEY"))
+        values["tls_client_ca"] = _path(env.get("RELIVE_TLS_CLIENT_CA"))
+        if v := env.get("RELIVE_CODE_PATH"):
+            values["code_path"] = tuple(p for p in v.split(os.pathsep) if p)
+        if v := env.get("RELIVE_MAX_EVENT_BYTES"):
+            values["max_event_bytes"] = int(v)
+        if v := env.get("RELIVE_MAX_BATCH_EVENTS"):
+            values["max_batch_events"] = int(v)
+        if v := env.get("RELIVE_RETENTION_INTERVAL_S"):
+            values["retention_interval_s"] = float(v)
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Config:
+        return replace(self, **changes)
+
+    def database(self, service: str) -> str:
+        """Each service has a database of its own (the embedded store serialises per database)."""
+        return f"{self.db_prefix}_{service}"
