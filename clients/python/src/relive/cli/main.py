@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "relive.cli.ion",
     "relive.cli.events",
     "relive.cli.capture",
+    "relive.cli.retention",
     "relive.cli.run",
     "relive.cli.demo",
 )
