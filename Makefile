@@ -11,7 +11,7 @@ export UV_PYTHON := $(PYTHON)
 PY_SRC := clients/python/src services/core/src services/registry/src services/recorder/src services/executor/src
 PROTO_OUT := clients/python/src
 
-.PHONY: run test setup protos lint check-protos bench clean up down node
+.PHONY: run test setup lock protos lint check-protos compose-config bench clean
 
 run: setup
 	$(VENV)/bin/relive demo
@@ -28,7 +28,8 @@ $(STAMP): $(UV) uv.lock pyproject.toml */*/pyproject.toml
 	$(UV) sync --frozen --all-packages
 	touch $@
 
-uv.lock: pyproject.toml */*/pyproject.toml | $(UV)
+# Re-resolves the lock file after a dependency change; commit the result.
+lock: $(UV)
 	$(UV) lock
 
 node_modules/.installed: package.json package-lock.json
@@ -50,6 +51,12 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(PY_SRC) tests bench examples scripts
 	node_modules/.bin/buf lint protos
+
+# Parses docker-compose.yml where a Docker CLI with compose exists (no engine is needed).
+compose-config:
+	@if command -v docker >/dev/null && docker compose version >/dev/null 2>&1; then \
+	  docker compose -f docker-compose.yml config --quiet && echo "docker-compose.yml: ok"; \
+	else echo "docker compose not found: docker-compose.yml not checked"; fi
 
 bench: setup
 	$(UV) sync --frozen --all-packages --group bench

@@ -73,7 +73,7 @@ def load_endpoints(environ: Mapping[str, str] | None = None) -> Endpoints:
     )
 
 
-class _BearerAuth(grpc.AuthMetadataPlugin):  # type: ignore[misc]
+class _BearerAuth(grpc.AuthMetadataPlugin):
     def __init__(self, token: str) -> None:
         self._token = token
 
@@ -107,10 +107,10 @@ def connect_channel(
 
 
 class _MetadataInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
 ):
     """Adds a bearer token on plaintext channels (call credentials need TLS)."""
 

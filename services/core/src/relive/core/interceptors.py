@@ -33,7 +33,7 @@ _CODES: dict[type[errors.ReliveError], grpc.StatusCode] = {
 def status_code_of(error: errors.ReliveError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in _CODES:
-            return _CODES[cls]  # type: ignore[index]
+            return _CODES[cls]
     return grpc.StatusCode.INTERNAL
 
 
@@ -80,7 +80,7 @@ def _is_abort(context: grpc.ServicerContext) -> bool:
     return bool(getattr(getattr(context, "_state", None), "aborted", False))
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps ReliveError to its status code; anything else is logged and answered INTERNAL."""
 
     def intercept_service(

@@ -9,7 +9,7 @@ from relive.core.config import Config
 from relive.core.errors import FailedPrecondition
 
 
-def connect(config: Config, service: str) -> MongoClient:  # type: ignore[type-arg]
+def connect(config: Config, service: str) -> MongoClient:
     """(Re)binds the mongoengine alias ``service`` to ``<prefix>_<service>``.
 
     mongoengine keeps connections by alias, process-wide; binding again replaces the old one,
@@ -22,7 +22,7 @@ def connect(config: Config, service: str) -> MongoClient:  # type: ignore[type-a
             field="RELIVE_MONGODB_URI",
         )
     mongoengine.disconnect(alias=service)
-    client: MongoClient = mongoengine.connect(  # type: ignore[type-arg]
+    client: MongoClient = mongoengine.connect(
         db=config.database(service),
         alias=service,
         host=config.mongodb_uri,

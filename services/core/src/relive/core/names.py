@@ -51,7 +51,9 @@ def parse_name(name: str, pattern: str, field: str = "name") -> dict[str, str]:
         elif got != expected:
             raise InvalidArgument(f"{field} {name!r} does not match {pattern!r}", field=field)
     for key, value in out.items():
-        if value == "-" or (key in {"revision", "version"} and (value.isdigit() or value == "latest")):
+        if value == "-" or (
+            key in {"revision", "version"} and (value.isdigit() or value == "latest")
+        ):
             continue
         check_id(value, f"{field} ({key})")
     return out
