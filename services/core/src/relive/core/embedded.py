@@ -144,7 +144,9 @@ class EmbeddedStore:
             if self.process.poll() is not None:
                 raise RuntimeError(f"nx-27017 exited with code {self.process.returncode}")
             try:
-                with MongoClient[dict[str, object]](self.uri, serverSelectionTimeoutMS=500) as client:
+                with MongoClient[dict[str, object]](
+                    self.uri, serverSelectionTimeoutMS=500
+                ) as client:
                     client.admin.command("ping")
                 return
             except PyMongoError:

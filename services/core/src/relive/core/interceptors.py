@@ -11,7 +11,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from relive.core import errors
+from relive.core import errors, identity
 
 log = logging.getLogger(__name__)
 
@@ -115,28 +115,77 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
             return inner
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(handler.unary_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap_stream(handler.unary_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap_unary(handler.stream_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                wrap_stream(handler.stream_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        return handler
+        return _wrap_behaviors(handler, wrap_unary, wrap_stream)
+
+
+def _wrap_behaviors(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Callable[..., Any]], Callable[..., Any]],
+    stream: Callable[[Callable[..., Iterator[Any]]], Callable[..., Iterator[Any]]],
+) -> grpc.RpcMethodHandler:
+    """Rebuilds ``handler`` with each behaviour wrapped; responses that stream use ``stream``."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+        )
+    return handler
+
+
+# Called without a token even when auth is on: orchestrators probe health, tools read the schema.
+PUBLIC_SERVICE_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Maps ``authorization: Bearer TOKEN`` to an Identity for the duration of the call."""
+
+    def __init__(self, tokens: dict[str, identity.Identity]) -> None:
+        self._tokens = tokens
+
+    def _identify(self, context: grpc.ServicerContext) -> identity.Identity:
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() == "bearer" and token.strip() in self._tokens:
+                    return self._tokens[token.strip()]
+                raise errors.Unauthenticated("the bearer token is not valid", field="authorization")
+        raise errors.Unauthenticated(
+            "this server needs a bearer token in the authorization metadata",
+            field="authorization",
+        )
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(PUBLIC_SERVICE_PREFIXES):
+            return handler
+
+        def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
+            def inner(request: Any, context: grpc.ServicerContext) -> Any:
+                with identity.acting_as(self._identify(context)):
+                    return fn(request, context)
+
+            return inner
+
+        def stream(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+            def inner(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                with identity.acting_as(self._identify(context)):
+                    yield from fn(request, context)
+
+            return inner
+
+        return _wrap_behaviors(handler, unary, stream)

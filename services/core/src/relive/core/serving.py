@@ -16,8 +16,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from relive.core import identity
 from relive.core.config import Config
-from relive.core.interceptors import ErrorInterceptor
+from relive.core.errors import FailedPrecondition
+from relive.core.interceptors import AuthInterceptor, ErrorInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,15 @@ class Server:
         self.grpc_server.wait_for_termination()
 
 
+def tracing_interceptor() -> grpc.ServerInterceptor:
+    """OpenTelemetry's server interceptor on the global tracer provider; health and reflection
+    calls make no spans."""
+    from opentelemetry.instrumentation.grpc import filters, server_interceptor
+
+    skip = filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection"))
+    return server_interceptor(filter_=filters.negate(skip))
+
+
 def build_server(
     config: Config,
     register: Callable[[grpc.Server], None],
@@ -75,9 +86,17 @@ def build_server(
     interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> Server:
     """Wires a server; the error interceptor is outermost so it sees every other one's errors."""
+    chain: list[grpc.ServerInterceptor] = [ErrorInterceptor(), tracing_interceptor()]
+    if config.auth:
+        if config.auth_tokens_file is None:
+            raise FailedPrecondition(
+                "RELIVE_AUTH is on but RELIVE_AUTH_TOKENS_FILE is not set",
+                field="RELIVE_AUTH_TOKENS_FILE",
+            )
+        chain.append(AuthInterceptor(identity.load_tokens(config.auth_tokens_file)))
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
-        interceptors=[ErrorInterceptor(), *interceptors],
+        interceptors=[*chain, *interceptors],
         options=SERVER_OPTIONS,
     )
     register(grpc_server)
