@@ -1,0 +1,96 @@
+#!/usr/bin/env node
+// An example command component in Node.js: scores one JSON batch and records
+// what it did into the relive timeline.
+//
+//   node examples/score.js [BATCH.json]        (or the batch on stdin)
+//
+// The batch is {"rows": [[x1, x2, ...], ...], "weights": [w1, w2, ...]} or just
+// the rows array. The component computes a linear score per row, records the
+// row count and mean score as stats, and records a sha256 "model digest" of
+// the weights as a model version. The executor (or any parent) passes where
+// and under what identity to record in RELIVE_* variables and TRACEPARENT;
+// see ../README.md. On success it prints one JSON line: the stats, the model
+// digest and the final HLC, so the parent can update its clock past the child.
+
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+
+import { Recorder } from "../src/index.js";
+
+function readBatch(argv) {
+  const file = argv.find((a) => !a.startsWith("-"));
+  const text = file && file !== "-" ? readFileSync(file, "utf8") : readFileSync(0, "utf8");
+  const batch = JSON.parse(text);
+  const rows = Array.isArray(batch) ? batch : batch.rows;
+  if (!Array.isArray(rows) || !rows.every((r) => Array.isArray(r) && r.every(Number.isFinite))) {
+    throw new TypeError('the batch must be {"rows": [[number, ...], ...]} or an array of rows');
+  }
+  const width = rows[0]?.length ?? 0;
+  const weights = Array.isArray(batch.weights) ? batch.weights : Array(width).fill(1 / Math.max(width, 1));
+  return { rows, weights };
+}
+
+/** Canonical bytes of the model, so the same weights always give the same digest. */
+function modelDigest(weights) {
+  return createHash("sha256").update(JSON.stringify({ kind: "linear", weights })).digest("hex");
+}
+
+async function main() {
+  let recorder;
+  try {
+    recorder = new Recorder();
+  } catch (err) {
+    process.stderr.write(`score: ${err.message}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  let status = 0;
+  try {
+    recorder.lifecycle("component.started", "RUNNING");
+    const { rows, weights } = readBatch(process.argv.slice(2));
+    const sha256 = modelDigest(weights);
+    const modelVersion = process.env.RELIVE_MODEL_VERSION || `models/node-linear/versions/${sha256.slice(0, 12)}`;
+    recorder.model(modelVersion, sha256, "loaded");
+
+    const scores = rows.map((row) => row.reduce((sum, x, i) => sum + x * (weights[i] ?? 0), 0));
+    const mean = scores.length ? scores.reduce((a, b) => a + b, 0) / scores.length : 0;
+    recorder.stat("rows", rows.length);
+    recorder.stat("mean_score", mean, { labels: { language: "node" } });
+    const digest = createHash("sha256").update(JSON.stringify(scores)).digest("hex");
+    recorder.event("predictions.digest", { sha256: digest, count: scores.length });
+    recorder.log("INFO", `scored ${rows.length} rows, mean ${mean.toFixed(6)}`);
+    recorder.lifecycle("component.finished", "SUCCEEDED");
+    await recorder.flush();
+    process.stdout.write(
+      `${JSON.stringify({
+        rows: rows.length,
+        mean_score: mean,
+        model_sha256: sha256,
+        predictions_sha256: digest,
+        producer_id: recorder.producerId,
+        events: recorder.stats.sent,
+        duplicates: recorder.stats.duplicates,
+        hlc: recorder.hlcString(),
+      })}\n`,
+    );
+  } catch (err) {
+    status = 1;
+    process.stderr.write(`score: ${err.message}\n`);
+    try {
+      recorder.error(err);
+      recorder.lifecycle("component.finished", "FAILED");
+    } catch {
+      // the recorder itself may be what failed
+    }
+  } finally {
+    try {
+      await recorder.close();
+    } catch (err) {
+      status = 1;
+      process.stderr.write(`score: ${err.message}\n`);
+    }
+  }
+  process.exitCode = status;
+}
+
+await main();
