@@ -1,0 +1,720 @@
+"""The ION file: its YAML schema, and validation that names the line and field of every error.
+
+An ION file is a YAML mapping::
+
+    name: churn                  # optional; the ION id (AIP-122: [a-z][a-z0-9-]*, max 63)
+    retention_days: 7            # optional, 1..3650, default 7
+    nodes:                       # required; node ids match [a-z][a-z0-9_]* (max 63)
+      train:
+        pipeline:
+          components:            # required; component ids match [a-z][a-z0-9_]*
+            load: {call: examples.churn.steps:load, params: {dataset: breast_cancer}}
+            fit:  {call: examples.churn.steps:fit, after: [load], params: {C: 1.0}}
+            # a component in another language: {command: [node, score.js], image: optional}
+          outputs: {model: fit}  # optional; output name -> the component that makes it
+        schedule: {every_launches: 3}      # optional; also every_seconds, every_batches
+        streaming: {batches: 20, batch_size: 32, score: score}   # optional; pipelines only
+      approve:
+        policy: approval         # approval | canary | ensemble | ab_split | model_transfer
+        params: {auto_if: "stats.accuracy >= 0.9", timeout_s: 600}
+    edges:                       # optional
+      - {from: train, to: approve, carries: model}   # carries defaults to "model"
+
+Policy parameters (every one optional unless marked):
+
+- approval: ``auto_if`` ("stats.<name> <op> <number>", op one of >= <= > < == !=),
+  ``timeout_s`` (> 0), ``on_timeout`` (approve | reject).
+- canary: ``max_disagreement`` (required, in [0, 1]), ``control`` (a node id),
+  ``min_samples`` (integer > 0).
+- ensemble: ``members`` (node ids), ``method`` (mean | vote | median),
+  ``weights`` (positive numbers, one per member).
+- ab_split: ``weights`` (required; node id -> share in [0, 1], shares summing to 1), ``seed``.
+- model_transfer: none.
+
+Pipelines produce their ``outputs`` keys; policies produce ``model``. An edge must carry
+something its ``from`` node produces, and the edges must not form a cycle. Every ``call``
+must name a top-level function, class or variable of a module found on the registry's code
+path; the module is read with ``ast``, never imported, so no user code runs here.
+
+Every error is an ``InvalidArgument`` whose ``field`` is the path of the culprit, such as
+``nodes.train.pipeline.components.fit.call``, and whose message starts with
+``<file>:<line>:``.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.machinery import PathFinder
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relive.core.errors import InvalidArgument
+from relive.core.names import check_id
+
+DEFAULT_RETENTION_DAYS = 7
+MAX_RETENTION_DAYS = 3650
+LOCAL_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+LOCAL_ID_MAX = 63
+MAX_YAML_BYTES = 1024 * 1024
+POLICY_TYPES = ("model_transfer", "approval", "canary", "ensemble", "ab_split")
+ENSEMBLE_METHODS = ("mean", "vote", "median")
+AUTO_IF = re.compile(
+    r"^\s*stats\.([A-Za-z_][A-Za-z0-9_.]*)\s*(>=|<=|==|!=|>|<)\s*"
+    r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass
+class _Doc:
+    """Plain values composed from YAML, with the position of every value by its path."""
+
+    source: str
+    marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+
+    def line(self, path: Path_) -> tuple[int, int]:
+        # The closest enclosing value with a known position.
+        while path not in self.marks and path:
+            path = path[:-1]
+        return self.marks.get(path, (1, 1))
+
+    def error(self, path: Path_, problem: str) -> InvalidArgument:
+        line, column = self.line(path)
+        dotted = ".".join(str(p) for p in path) or "definition_yaml"
+        where = ""
+        if len(path) >= 2 and path[0] == "nodes":
+            where = f"node {path[1]!r}: "
+        elif len(path) >= 2 and path[0] == "edges":
+            where = f"edge {path[1]}: "
+        metadata = {"line": str(line), "column": str(column), "source": self.source}
+        if len(path) >= 2 and path[0] == "nodes":
+            metadata["node"] = str(path[1])
+        return InvalidArgument(
+            f"{self.source}:{line}: {where}{dotted}: {problem}", field=dotted, metadata=metadata
+        )
+
+
+def _compose(text: str, source: str) -> tuple[Any, _Doc]:
+    doc = _Doc(source)
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            value = _construct(loader, root, (), doc) if root is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = " ".join(p for p in (e.context, e.problem) if p) or "malformed YAML"
+        raise InvalidArgument(
+            f"{source}:{line}:{column}: malformed YAML: {problem}",
+            field="definition_yaml",
+            metadata={"line": str(line), "column": str(column), "source": source},
+        ) from e
+    except yaml.YAMLError as e:
+        raise InvalidArgument(
+            f"{source}: malformed YAML: {e}", field="definition_yaml", metadata={"source": source}
+        ) from e
+    return value, doc
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, doc: _Doc) -> Any:
+    doc.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                doc.marks[(*path, str(key))] = (key_node.start_mark.line + 1, 1)
+                raise doc.error((*path, str(key)), f"keys must be strings, got {key!r}")
+            if key in out:
+                doc.marks[(*path, key)] = (
+                    key_node.start_mark.line + 1,
+                    key_node.start_mark.column + 1,
+                )
+                raise doc.error((*path, key), "duplicate key")
+            out[key] = _construct(loader, value_node, (*path, key), doc)
+            # Point errors about a key's value at the key's own line.
+            doc.marks[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(loader, item, (*path, i), doc) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def _mapping(doc: _Doc, value: Any, path: Path_, *, allowed: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise doc.error(path, f"must be a mapping, got {_kind(value)}")
+    for key in value:
+        if key not in allowed:
+            raise doc.error(
+                (*path, key), f"unknown key {key!r}; expected one of: {', '.join(allowed)}"
+            )
+    return value
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _local_id(doc: _Doc, value: Any, path: Path_, what: str) -> str:
+    if not isinstance(value, str):
+        raise doc.error(path, f"{what} must be a string, got {_kind(value)}")
+    if len(value) > LOCAL_ID_MAX:
+        raise doc.error(path, f"{what} is {len(value)} characters long; the limit is 63")
+    if not LOCAL_ID.match(value):
+        raise doc.error(
+            path,
+            f"{what} {value!r} is malformed: use lowercase letters, digits and '_', "
+            "starting with a letter",
+        )
+    return value
+
+
+def _int(doc: _Doc, value: Any, path: Path_, *, minimum: int = 1, maximum: int = 2**31 - 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise doc.error(path, f"must be an integer, got {_kind(value)}")
+    if value < minimum:
+        raise doc.error(path, f"must be at least {minimum}, got {value}")
+    if value > maximum:
+        raise doc.error(path, f"must be at most {maximum}, got {value}")
+    return value
+
+
+def _number(
+    doc: _Doc,
+    value: Any,
+    path: Path_,
+    *,
+    positive: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise doc.error(path, f"must be a number, got {_kind(value)}")
+    if positive and value <= 0:
+        raise doc.error(path, f"must be positive, got {value}")
+    if low is not None and high is not None and not low <= value <= high:
+        raise doc.error(path, f"must be between {low:g} and {high:g}, got {value}")
+    return float(value) if isinstance(value, float) else value
+
+
+def _string(doc: _Doc, value: Any, path: Path_) -> str:
+    if not isinstance(value, str) or not value:
+        raise doc.error(path, f"must be a non-empty string, got {_kind(value)}")
+    return value
+
+
+def _json_value(doc: _Doc, value: Any, path: Path_) -> Any:
+    """Parameters travel as google.protobuf.Struct: JSON values only."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise doc.error(path, "must be a finite number")
+        return value
+    if isinstance(value, list):
+        return [_json_value(doc, v, (*path, i)) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _json_value(doc, v, (*path, k)) for k, v in value.items()}
+    raise doc.error(path, f"must be a JSON value (string, number, list, mapping), got {value!r}")
+
+
+def _params(doc: _Doc, value: Any, path: Path_) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise doc.error(path, f"must be a mapping, got {_kind(value)}")
+    out = _json_value(doc, value, path)
+    assert isinstance(out, dict)
+    return out
+
+
+# ------------------------------------------------------------------------- the parse
+
+
+def parse(
+    text: str,
+    *,
+    source: str = "",
+    ion_id: str = "",
+    code_path: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Parses and validates an ION file; returns its canonical definition.
+
+    The canonical definition is a plain JSON-able dict (see ``canonical_json``). ``ion_id``,
+    when given, must match the file's ``name`` (or stands in for a missing one).
+    """
+    source = source or "definition_yaml"
+    if len(text.encode()) > MAX_YAML_BYTES:
+        raise InvalidArgument(
+            f"definition_yaml is larger than {MAX_YAML_BYTES} bytes", field="definition_yaml"
+        )
+    raw, doc = _compose(text, source)
+    if raw is None:
+        raise doc.error((), "the ION file is empty")
+    top = _mapping(doc, raw, (), allowed=("name", "retention_days", "nodes", "edges"))
+
+    name = top.get("name", ion_id)
+    if "name" in top:
+        if not isinstance(name, str):
+            raise doc.error(("name",), f"must be a string, got {_kind(name)}")
+        try:
+            check_id(name, "name")
+        except InvalidArgument as e:
+            raise doc.error(("name",), e.message.removeprefix("name ")) from e
+        if ion_id and name != ion_id:
+            raise doc.error(("name",), f"is {name!r}, but the request is for ION {ion_id!r}")
+    if not name:
+        raise doc.error(("name",), "is required")
+
+    retention = top.get("retention_days", DEFAULT_RETENTION_DAYS)
+    retention = _int(doc, retention, ("retention_days",), maximum=MAX_RETENTION_DAYS)
+
+    if "nodes" not in top:
+        raise doc.error(("nodes",), "is required")
+    raw_nodes = top["nodes"]
+    if not isinstance(raw_nodes, dict) or not raw_nodes:
+        raise doc.error(("nodes",), "must be a mapping of at least one node")
+    nodes: dict[str, Any] = {}
+    for node_id, raw_node in raw_nodes.items():
+        _local_id(doc, node_id, ("nodes", node_id), "node id")
+        nodes[node_id] = _node(doc, raw_node, ("nodes", node_id), code_path)
+    for node_id, node in nodes.items():
+        _check_policy_refs(doc, node_id, node, nodes)
+
+    at: dict[tuple[str, str], int] = {}
+    edges = _edges(doc, top.get("edges"), nodes, at)
+    _check_acyclic(doc, edges, at)
+    return {"name": name, "retention_days": retention, "nodes": nodes, "edges": edges}
+
+
+def _node(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str]) -> dict[str, Any]:
+    node = _mapping(
+        doc, raw, path, allowed=("pipeline", "policy", "params", "schedule", "streaming")
+    )
+    if ("pipeline" in node) == ("policy" in node):
+        raise doc.error(path, "a node needs exactly one of 'pipeline' or 'policy'")
+    out: dict[str, Any] = {}
+    if "pipeline" in node:
+        if "params" in node:
+            raise doc.error(
+                (*path, "params"), "params belong to a policy node, or to a pipeline's components"
+            )
+        out["pipeline"] = _pipeline(doc, node["pipeline"], (*path, "pipeline"), code_path)
+        if "schedule" in node:
+            out["schedule"] = _schedule(doc, node["schedule"], (*path, "schedule"))
+        if "streaming" in node:
+            out["streaming"] = _streaming(
+                doc, node["streaming"], (*path, "streaming"), out["pipeline"]
+            )
+    else:
+        for key in ("schedule", "streaming"):
+            if key in node:
+                raise doc.error((*path, key), f"{key} applies only to pipeline nodes")
+        out["policy"] = _policy(doc, node["policy"], node.get("params"), path)
+    return out
+
+
+def _pipeline(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str]) -> dict[str, Any]:
+    pipeline = _mapping(doc, raw, path, allowed=("components", "outputs"))
+    raw_components = pipeline.get("components")
+    if not isinstance(raw_components, dict) or not raw_components:
+        raise doc.error((*path, "components"), "must be a mapping of at least one component")
+    components: dict[str, Any] = {}
+    for cid, raw_c in raw_components.items():
+        cpath = (*path, "components", cid)
+        _local_id(doc, cid, cpath, "component id")
+        components[cid] = _component(doc, raw_c, cpath, code_path)
+    for cid, component in components.items():
+        for i, dep in enumerate(component["after"]):
+            if dep not in components:
+                raise doc.error(
+                    (*path, "components", cid, "after", i),
+                    f"component {cid!r} runs after {dep!r}, which is not a component of this "
+                    f"pipeline (components: {', '.join(sorted(components))})",
+                )
+    graph = {cid: list(c["after"]) for cid, c in components.items()}
+    if cycle := _find_cycle(graph):
+        raise doc.error(
+            (*path, "components", cycle[0], "after"),
+            f"components form a cycle: {' -> '.join(reversed(cycle))} -> {cycle[-1]}",
+        )
+    outputs: dict[str, str] = {}
+    raw_outputs = pipeline.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, dict):
+            raise doc.error((*path, "outputs"), f"must be a mapping, got {_kind(raw_outputs)}")
+        for out_name, comp in raw_outputs.items():
+            opath = (*path, "outputs", out_name)
+            _local_id(doc, out_name, opath, "output name")
+            if not isinstance(comp, str) or comp not in components:
+                raise doc.error(
+                    opath,
+                    f"output {out_name!r} names component {comp!r}, which is not a component of "
+                    f"this pipeline (components: {', '.join(sorted(components))})",
+                )
+            outputs[out_name] = comp
+    return {"components": components, "outputs": outputs}
+
+
+def _component(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str]) -> dict[str, Any]:
+    c = _mapping(doc, raw, path, allowed=("call", "command", "after", "params", "image"))
+    if ("call" in c) == ("command" in c):
+        raise doc.error(path, "a component needs exactly one of 'call' or 'command'")
+    out: dict[str, Any] = {"call": "", "command": [], "after": [], "params": {}, "image": ""}
+    if "call" in c:
+        call = c["call"]
+        if not isinstance(call, str):
+            raise doc.error((*path, "call"), f"must be a string, got {_kind(call)}")
+        check_call(call, code_path, lambda problem: doc.error((*path, "call"), problem))
+        out["call"] = call
+        if "image" in c:
+            raise doc.error((*path, "image"), "image applies only to command components")
+    else:
+        command = c["command"]
+        if isinstance(command, str):
+            command = command.split()
+        if (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(a, str | int | float) for a in command)
+        ):
+            raise doc.error((*path, "command"), "must be a non-empty list of strings (an argv)")
+        out["command"] = [str(a) for a in command]
+        if "image" in c:
+            out["image"] = _string(doc, c["image"], (*path, "image"))
+    after = c.get("after", [])
+    if isinstance(after, str):
+        after = [after]
+    if not isinstance(after, list):
+        raise doc.error((*path, "after"), f"must be a list of component ids, got {_kind(after)}")
+    for i, dep in enumerate(after):
+        _local_id(doc, dep, (*path, "after", i), "component id")
+    out["after"] = sorted(set(after))
+    out["params"] = _params(doc, c.get("params"), (*path, "params"))
+    return out
+
+
+def _schedule(doc: _Doc, raw: Any, path: Path_) -> dict[str, Any]:
+    s = _mapping(doc, raw, path, allowed=("every_launches", "every_seconds", "every_batches"))
+    if not s:
+        raise doc.error(path, "needs one of every_launches, every_seconds or every_batches")
+    out: dict[str, Any] = {}
+    if "every_launches" in s:
+        out["every_launches"] = _int(doc, s["every_launches"], (*path, "every_launches"))
+    if "every_seconds" in s:
+        out["every_seconds"] = float(
+            _number(doc, s["every_seconds"], (*path, "every_seconds"), positive=True)
+        )
+    if "every_batches" in s:
+        out["every_batches"] = _int(doc, s["every_batches"], (*path, "every_batches"))
+    return out
+
+
+def _streaming(doc: _Doc, raw: Any, path: Path_, pipeline: dict[str, Any]) -> dict[str, Any]:
+    s = _mapping(doc, raw, path, allowed=("batches", "batch_size", "score"))
+    components = pipeline["components"]
+    out: dict[str, Any] = {
+        "batches": _int(doc, s.get("batches", 10), (*path, "batches")),
+        "batch_size": _int(doc, s.get("batch_size", 32), (*path, "batch_size")),
+    }
+    score = s.get("score")
+    if score is None:
+        if len(components) != 1:
+            raise doc.error(
+                (*path, "score"), "is required when the pipeline has more than one component"
+            )
+        score = next(iter(components))
+    if not isinstance(score, str) or score not in components:
+        raise doc.error(
+            (*path, "score"),
+            f"names {score!r}, which is not a component of this pipeline "
+            f"(components: {', '.join(sorted(components))})",
+        )
+    out["score"] = score
+    return out
+
+
+_POLICY_PARAMS: dict[str, tuple[str, ...]] = {
+    "approval": ("auto_if", "timeout_s", "on_timeout"),
+    "canary": ("max_disagreement", "control", "min_samples"),
+    "ensemble": ("members", "method", "weights"),
+    "ab_split": ("weights", "seed"),
+    "model_transfer": (),
+}
+
+
+def _policy(doc: _Doc, kind: Any, raw_params: Any, path: Path_) -> dict[str, Any]:
+    if kind not in POLICY_TYPES:
+        raise doc.error(
+            (*path, "policy"),
+            f"unknown policy type {kind!r}; expected one of: {', '.join(POLICY_TYPES)}",
+        )
+    ppath = (*path, "params")
+    allowed = _POLICY_PARAMS[kind]
+    params = _params(doc, raw_params, ppath)
+    for key in params:
+        if key not in allowed:
+            expected = ", ".join(allowed) if allowed else "none"
+            raise doc.error(
+                (*ppath, key), f"unknown {kind} parameter {key!r}; expected: {expected}"
+            )
+    if kind == "approval":
+        if "auto_if" in params:
+            rule = params["auto_if"]
+            if not isinstance(rule, str) or not AUTO_IF.match(rule):
+                raise doc.error(
+                    (*ppath, "auto_if"),
+                    f"{rule!r} is not a rule of the form 'stats.<name> <op> <number>' "
+                    "with op one of >=, <=, >, <, ==, !=",
+                )
+        if "timeout_s" in params:
+            _number(doc, params["timeout_s"], (*ppath, "timeout_s"), positive=True)
+        if "on_timeout" in params and params["on_timeout"] not in ("approve", "reject"):
+            raise doc.error((*ppath, "on_timeout"), "must be 'approve' or 'reject'")
+    elif kind == "canary":
+        if "max_disagreement" not in params:
+            raise doc.error((*ppath, "max_disagreement"), "is required for a canary policy")
+        _number(doc, params["max_disagreement"], (*ppath, "max_disagreement"), low=0.0, high=1.0)
+        if "min_samples" in params:
+            _int(doc, params["min_samples"], (*ppath, "min_samples"))
+        if "control" in params:
+            _local_id(doc, params["control"], (*ppath, "control"), "control node")
+    elif kind == "ensemble":
+        members = params.get("members", [])
+        if not isinstance(members, list):
+            raise doc.error((*ppath, "members"), "must be a list of node ids")
+        for i, m in enumerate(members):
+            _local_id(doc, m, (*ppath, "members", i), "member node")
+        if "method" in params and params["method"] not in ENSEMBLE_METHODS:
+            raise doc.error(
+                (*ppath, "method"),
+                f"unknown method {params['method']!r}; expected one of: "
+                + ", ".join(ENSEMBLE_METHODS),
+            )
+        if "weights" in params:
+            weights = params["weights"]
+            if not isinstance(weights, list):
+                raise doc.error((*ppath, "weights"), "must be a list of positive numbers")
+            for i, w in enumerate(weights):
+                _number(doc, w, (*ppath, "weights", i), positive=True)
+            if members and len(weights) != len(members):
+                raise doc.error(
+                    (*ppath, "weights"),
+                    f"has {len(weights)} weights for {len(members)} members",
+                )
+    elif kind == "ab_split":
+        if "weights" not in params:
+            raise doc.error((*ppath, "weights"), "is required for an ab_split policy")
+        weights = params["weights"]
+        if not isinstance(weights, dict) or len(weights) < 2:
+            raise doc.error((*ppath, "weights"), "must map at least two node ids to their shares")
+        for node_id, share in weights.items():
+            _local_id(doc, node_id, (*ppath, "weights", node_id), "node id")
+            _number(doc, share, (*ppath, "weights", node_id), low=0.0, high=1.0)
+        total = sum(weights.values())
+        if abs(total - 1.0) > 1e-6:
+            raise doc.error((*ppath, "weights"), f"shares must sum to 1, they sum to {total:g}")
+        if "seed" in params:
+            _int(doc, params["seed"], (*ppath, "seed"), minimum=0)
+    return {"type": kind, "params": params}
+
+
+def _check_policy_refs(
+    doc: _Doc, node_id: str, node: dict[str, Any], nodes: dict[str, Any]
+) -> None:
+    """Node ids named inside policy parameters must exist."""
+    policy = node.get("policy")
+    if not policy:
+        return
+    ppath: Path_ = ("nodes", node_id, "params")
+    params = policy["params"]
+    refs: list[tuple[Path_, str]] = []
+    if policy["type"] == "canary" and "control" in params:
+        refs.append(((*ppath, "control"), params["control"]))
+    if policy["type"] == "ensemble":
+        refs += [((*ppath, "members", i), m) for i, m in enumerate(params.get("members", []))]
+    if policy["type"] == "ab_split":
+        refs += [((*ppath, "weights", n), n) for n in params["weights"]]
+    for path, ref in refs:
+        if ref not in nodes:
+            raise doc.error(path, f"names node {ref!r}, which is not a node of this ION")
+
+
+def _edges(
+    doc: _Doc, raw: Any, nodes: dict[str, Any], at: dict[tuple[str, str], int]
+) -> list[dict[str, str]]:
+    """Checks the edges; ``at`` gets each (from, to)'s index in the file, for error lines."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise doc.error(("edges",), f"must be a list of edges, got {_kind(raw)}")
+    edges: list[dict[str, str]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for i, raw_edge in enumerate(raw):
+        path: Path_ = ("edges", i)
+        e = _mapping(doc, raw_edge, path, allowed=("from", "to", "carries"))
+        ends: dict[str, str] = {}
+        for end in ("from", "to"):
+            if end not in e:
+                raise doc.error((*path, end), "is required")
+            ref = e[end]
+            if not isinstance(ref, str) or ref not in nodes:
+                raise doc.error(
+                    (*path, end),
+                    f"names node {ref!r}, which is not a node of this ION "
+                    f"(nodes: {', '.join(sorted(nodes))})",
+                )
+            ends[end] = ref
+        carries = e.get("carries", "model")
+        if not isinstance(carries, str):
+            raise doc.error((*path, "carries"), f"must be a string, got {_kind(carries)}")
+        producer = nodes[ends["from"]]
+        produced = sorted(producer["pipeline"]["outputs"]) if "pipeline" in producer else ["model"]
+        if carries not in produced:
+            what = ", ".join(produced) if produced else "nothing (it has no outputs)"
+            raise doc.error(
+                (*path, "carries"),
+                f"carries {carries!r}, but node {ends['from']!r} produces {what}",
+            )
+        key = (ends["from"], ends["to"], carries)
+        if key in seen:
+            raise doc.error(path, "duplicate edge")
+        seen.add(key)
+        at.setdefault((ends["from"], ends["to"]), i)
+        edges.append({"from": ends["from"], "to": ends["to"], "carries": carries})
+    return sorted(edges, key=lambda x: (x["from"], x["to"], x["carries"]))
+
+
+def _check_acyclic(doc: _Doc, edges: list[dict[str, str]], at: dict[tuple[str, str], int]) -> None:
+    graph: dict[str, list[str]] = {}
+    for e in edges:
+        graph.setdefault(e["from"], []).append(e["to"])
+    cycle = _find_cycle(graph)
+    if cycle:
+        # Point at the edge that closes the cycle, where the file wrote it.
+        index = at.get((cycle[-1], cycle[0]), 0)
+        raise doc.error(("edges", index), f"edges form a cycle: {' -> '.join([*cycle, cycle[0]])}")
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str]:
+    """Returns the nodes of one cycle in order (a -> b -> ... -> a), or [] when acyclic."""
+    white, grey, black = 0, 1, 2
+    color: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str]:
+        color[n] = grey
+        stack.append(n)
+        for m in sorted(graph.get(n, [])):
+            c = color.get(m, white)
+            if c == grey:
+                return stack[stack.index(m) :]
+            if c == white and (found := visit(m)):
+                return found
+        stack.pop()
+        color[n] = black
+        return []
+
+    for n in sorted(graph):
+        if color.get(n, white) == white and (found := visit(n)):
+            return found
+    return []
+
+
+# --------------------------------------------------------------------- call resolution
+
+
+def find_module_file(module: str, search: Sequence[str]) -> Path | None:
+    """Finds a module's source file without importing it (or any parent package)."""
+    parts = module.split(".")
+    locations: list[str] | None = list(search) if search else None
+    spec = None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        spec = PathFinder.find_spec(name, locations)
+        if spec is None:
+            return None
+        if i < len(parts) - 1:
+            if not spec.submodule_search_locations:
+                return None
+            locations = list(spec.submodule_search_locations)
+    if spec is None:
+        return None
+    if spec.origin and spec.origin not in ("namespace", "built-in", "frozen"):
+        return Path(spec.origin)
+    return None
+
+
+def top_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for stmt in tree.body:
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(stmt.name)
+        elif isinstance(stmt, ast.Assign):
+            for target in stmt.targets:
+                names.update(t.id for t in ast.walk(target) if isinstance(t, ast.Name))
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            names.add(stmt.target.id)
+        elif isinstance(stmt, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in stmt.names)
+    return names
+
+
+CALL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_call(call: str, code_path: Sequence[str], error: Any) -> None:
+    """Checks that ``module:function`` names something importable, reading source only."""
+    if not CALL.match(call):
+        raise error(f"{call!r} is not of the form 'package.module:function'")
+    module, attr = call.split(":")
+    origin = find_module_file(module, code_path)
+    if origin is None:
+        where = ", ".join(code_path) or "the registry's code path"
+        raise error(f"cannot import {call!r}: no module {module!r} on the code path ({where})")
+    if origin.suffix != ".py":
+        return  # compiled extension: its names cannot be read without importing it
+    try:
+        tree = ast.parse(origin.read_bytes(), filename=str(origin))
+    except (SyntaxError, ValueError, OSError) as e:
+        raise error(f"cannot import {call!r}: {origin} does not parse: {e}") from e
+    if attr not in top_level_names(tree):
+        raise error(
+            f"cannot import {call!r}: module {module!r} ({origin}) has no top-level {attr!r}"
+        )
+
+
+def canonical_json(definition: dict[str, Any]) -> str:
+    return json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def definition_sha256(definition: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(definition).encode()).hexdigest()

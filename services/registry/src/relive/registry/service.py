@@ -1,0 +1,372 @@
+"""The registry's domain logic: IONs, immutable revisions, and model versions. Knows no gRPC."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+
+from relive.core import names
+from relive.core.errors import AlreadyExists, InvalidArgument, NotFound
+from relive.registry import definition
+from relive.registry.model import CodeRef, Ion, Lineage, ModelVersion, Page, Revision
+from relive.registry.store import RegistryStore
+
+MAX_REQUEST_ID = 128
+MAX_SOURCE_PATH = 4096
+MAX_CODE_REFS = 1000
+MAX_TEXT = 4096
+MAX_LABELS = 64
+DEFAULT_CHUNK = 1024 * 1024
+MAX_CHUNK = 4 * 1024 * 1024
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _now() -> datetime:
+    # MongoDB keeps milliseconds; truncate so a value reads back as it was written.
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _bounded(value: str, field: str, limit: int = MAX_TEXT) -> str:
+    if len(value) > limit:
+        raise InvalidArgument(
+            f"{field} is {len(value)} characters long; the limit is {limit}", field=field
+        )
+    return value
+
+
+def _request_id(value: str, field: str = "request_id") -> str:
+    _bounded(value, field, MAX_REQUEST_ID)
+    if value and not value.isprintable():
+        raise InvalidArgument(f"{field} must be printable", field=field)
+    return value
+
+
+def _code_refs(refs: Sequence[CodeRef]) -> list[CodeRef]:
+    if len(refs) > MAX_CODE_REFS:
+        raise InvalidArgument(f"at most {MAX_CODE_REFS} code_refs", field="code_refs")
+    for i, ref in enumerate(refs):
+        for attr in ("module", "repo", "path", "commit"):
+            _bounded(getattr(ref, attr), f"code_refs[{i}].{attr}")
+    return list(refs)
+
+
+class RegistryService:
+    """IONs and their revisions, and model versions with their bytes."""
+
+    def __init__(self, store: RegistryStore, code_path: Sequence[str], project: str = "default"):
+        self.store = store
+        self.code_path = tuple(code_path)
+        self.project = project
+
+    # ------------------------------------------------------------------------------ IONs
+
+    def create_ion(
+        self,
+        ion_id: str,
+        definition_yaml: str,
+        *,
+        source_path: str = "",
+        code_refs: Sequence[CodeRef] = (),
+        request_id: str = "",
+    ) -> Ion:
+        """Creates an ION with its first revision; a repeated request_id returns the ION."""
+        names.check_id(ion_id, "ion_id")
+        _request_id(request_id)
+        _bounded(source_path, "source_path", MAX_SOURCE_PATH)
+        refs = _code_refs(code_refs)
+        request_key = f"ion:{request_id}"
+        if request_id and (earlier := self._recalled_ion(request_key)):
+            return earlier
+        parsed = definition.parse(
+            definition_yaml, source=source_path, ion_id=ion_id, code_path=self.code_path
+        )
+        now = _now()
+        try:
+            self.store.insert_ion(ion_id, self.project, parsed["retention_days"], now)
+        except AlreadyExists:
+            if request_id and (earlier := self._recalled_ion(request_key)):
+                return earlier
+            raise
+        self.store.drop_counter(f"rev:{ion_id}")
+        self._add_revision(ion_id, parsed, definition_yaml, source_path, refs, now)
+        if request_id:
+            self.store.remember(request_key, f"ions/{ion_id}", now)
+        return self._ion(ion_id)
+
+    def _recalled_ion(self, request_key: str) -> Ion | None:
+        name = self.store.recall(request_key)
+        if name is None:
+            return None
+        return self.store.get_ion(name.removeprefix("ions/"))
+
+    def _ion(self, ion_id: str) -> Ion:
+        ion = self.store.get_ion(ion_id)
+        if ion is None:
+            raise NotFound(f"ION ions/{ion_id} not found", field="name")
+        return ion
+
+    def get_ion(self, name: str) -> Ion:
+        return self._ion(names.parse_name(name, "ions/{ion}")["ion"])
+
+    def list_ions(self, page_size: int, page_token: str) -> Page[Ion]:
+        size = names.page_size(page_size)
+        token = names.decode_token(page_token, expect={"k": "ions"})
+        after = token.get("after", "")
+        if not isinstance(after, str):
+            raise InvalidArgument("page_token is malformed", field="page_token")
+        ions = self.store.list_ions(after, size + 1)
+        more = len(ions) > size
+        ions = ions[:size]
+        next_token = names.encode_token({"k": "ions", "after": ions[-1].ion_id}) if more else ""
+        return Page(ions, next_token)
+
+    def delete_ion(self, name: str) -> None:
+        ion_id = names.parse_name(name, "ions/{ion}")["ion"]
+        if not self.store.delete_ion(ion_id):
+            raise NotFound(f"ION ions/{ion_id} not found", field="name")
+
+    # ------------------------------------------------------------------------- revisions
+
+    def _add_revision(
+        self,
+        ion_id: str,
+        parsed: dict[str, object],
+        source_yaml: str,
+        source_path: str,
+        code_refs: list[CodeRef],
+        now: datetime,
+    ) -> Revision:
+        revision_id = self.store.next_value(f"rev:{ion_id}")
+        rev = Revision(
+            ion_id=ion_id,
+            revision_id=revision_id,
+            definition=parsed,
+            source_yaml=source_yaml,
+            source_path=source_path,
+            code_refs=code_refs,
+            definition_sha256=definition.definition_sha256(parsed),
+            create_time=now,
+        )
+        self.store.insert_revision(rev)
+        retention = parsed["retention_days"]
+        assert isinstance(retention, int)
+        self.store.advance_ion(ion_id, revision_id, retention, now)
+        return rev
+
+    def create_revision(
+        self,
+        parent: str,
+        definition_yaml: str,
+        *,
+        source_path: str = "",
+        code_refs: Sequence[CodeRef] = (),
+        request_id: str = "",
+    ) -> Revision:
+        """Adds a revision when the definition changed; otherwise returns the latest one."""
+        ion_id = names.parse_name(parent, "ions/{ion}", "parent")["ion"]
+        _request_id(request_id)
+        _bounded(source_path, "source_path", MAX_SOURCE_PATH)
+        refs = _code_refs(code_refs)
+        request_key = f"rev:{ion_id}:{request_id}"
+        if request_id and (earlier := self.store.recall(request_key)):
+            found = self._recalled_revision(earlier)
+            if found is not None:
+                return found
+        ion = self.store.get_ion(ion_id)
+        if ion is None:
+            raise NotFound(f"ION ions/{ion_id} not found", field="parent")
+        parsed = definition.parse(
+            definition_yaml, source=source_path, ion_id=ion_id, code_path=self.code_path
+        )
+        digest = definition.definition_sha256(parsed)
+        latest = self.store.get_revision(ion_id, ion.latest_revision)
+        now = _now()
+        if latest is not None and latest.definition_sha256 == digest:
+            rev = latest
+        else:
+            rev = self._add_revision(ion_id, parsed, definition_yaml, source_path, refs, now)
+        if request_id:
+            first = self.store.remember(request_key, rev.name, now)
+            if first != rev.name and (found := self._recalled_revision(first)):
+                return found
+        return rev
+
+    def _recalled_revision(self, name: str) -> Revision | None:
+        parts = names.parse_name(name, "ions/{ion}/revisions/{revision}")
+        return self.store.get_revision(parts["ion"], int(parts["revision"]))
+
+    def get_revision(self, name: str) -> Revision:
+        parts = names.parse_name(name, "ions/{ion}/revisions/{revision}")
+        ion_id, which = parts["ion"], parts["revision"]
+        if which == "latest":
+            revision_id = self._ion(ion_id).latest_revision
+        else:
+            revision_id = int(which)
+            if revision_id < 1:
+                raise InvalidArgument(
+                    "revision ids start at 1", field="name", metadata={"name": name}
+                )
+        rev = self.store.get_revision(ion_id, revision_id)
+        if rev is None:
+            raise NotFound(f"revision {name} not found", field="name")
+        return rev
+
+    def list_revisions(self, parent: str, page_size: int, page_token: str) -> Page[Revision]:
+        ion_id = names.parse_name(parent, "ions/{ion}", "parent")["ion"]
+        size = names.page_size(page_size)
+        token = names.decode_token(page_token, expect={"k": "revisions", "parent": parent})
+        before = token.get("before")
+        if before is not None and not isinstance(before, int):
+            raise InvalidArgument("page_token is malformed", field="page_token")
+        if not page_token:
+            self._ion(ion_id)
+        revs = self.store.list_revisions(ion_id, before, size + 1)
+        more = len(revs) > size
+        revs = revs[:size]
+        next_token = (
+            names.encode_token({"k": "revisions", "parent": parent, "before": revs[-1].revision_id})
+            if more
+            else ""
+        )
+        return Page(revs, next_token)
+
+    # -------------------------------------------------------------------- model versions
+
+    def create_model_version(
+        self,
+        parent: str,
+        lineage: Lineage,
+        chunks: Iterable[bytes],
+        *,
+        expected_sha256: str = "",
+        request_id: str = "",
+    ) -> ModelVersion:
+        """Streams the bytes into GridFS, hashing as they come, and keeps one copy per sha256."""
+        model_id = names.parse_name(parent, "models/{model}", "header.parent")["model"]
+        _request_id(request_id, "header.request_id")
+        self._check_lineage(lineage)
+        expected = expected_sha256.lower()
+        if expected and not SHA256.match(expected):
+            raise InvalidArgument(
+                "header.expected_sha256 must be 64 hex digits", field="header.expected_sha256"
+            )
+        request_key = f"mv:{model_id}:{request_id}"
+        if request_id and (earlier := self.store.recall(request_key)):
+            found = self._recalled_version(earlier)
+            if found is not None:
+                for _ in chunks:  # the bytes were stored the first time
+                    pass
+                return found
+
+        digest = hashlib.sha256()
+        size = 0
+        upload = self.store.open_upload(model_id)
+        try:
+            for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                upload.write(chunk)
+            upload.close()
+        except BaseException:
+            upload.abort()
+            raise
+        sha = digest.hexdigest()
+        if expected and expected != sha:
+            self.store.discard_upload(upload._id)
+            raise InvalidArgument(
+                f"the bytes' sha256 is {sha}, not the expected {expected}",
+                field="header.expected_sha256",
+            )
+        self.store.keep_blob(sha, upload._id, size)
+        now = _now()
+        mv = ModelVersion(
+            model_id=model_id,
+            version_id=self.store.next_value(f"mv:{model_id}"),
+            sha256=sha,
+            size_bytes=size,
+            lineage=lineage,
+            create_time=now,
+        )
+        self.store.insert_model_version(mv)
+        if request_id:
+            first = self.store.remember(request_key, mv.name, now)
+            if first != mv.name and (found := self._recalled_version(first)):
+                return found
+        return mv
+
+    @staticmethod
+    def _check_lineage(lineage: Lineage) -> None:
+        field = "header.model_version"
+        _bounded(lineage.producing_run, f"{field}.producing_run", 1024)
+        if lineage.producing_node and not definition.LOCAL_ID.match(lineage.producing_node):
+            raise InvalidArgument(
+                f"{field}.producing_node {lineage.producing_node!r} is not a node id",
+                field=f"{field}.producing_node",
+            )
+        if len(lineage.dataset_refs) > MAX_CODE_REFS:
+            raise InvalidArgument("too many dataset_refs", field=f"{field}.dataset_refs")
+        for i, ref in enumerate(lineage.dataset_refs):
+            _bounded(ref.uri, f"{field}.dataset_refs[{i}].uri")
+            if ref.sha256 and not SHA256.match(ref.sha256):
+                raise InvalidArgument(
+                    f"{field}.dataset_refs[{i}].sha256 must be 64 hex digits",
+                    field=f"{field}.dataset_refs[{i}].sha256",
+                )
+            if ref.size_bytes < 0:
+                raise InvalidArgument(
+                    "size_bytes must not be negative", field=f"{field}.dataset_refs[{i}].size_bytes"
+                )
+        if len(lineage.labels) > MAX_LABELS:
+            raise InvalidArgument(f"at most {MAX_LABELS} labels", field=f"{field}.labels")
+        for key, value in lineage.labels.items():
+            _bounded(key, f"{field}.labels", 63)
+            _bounded(value, f"{field}.labels[{key}]", 1024)
+
+    def _recalled_version(self, name: str) -> ModelVersion | None:
+        parts = names.parse_name(name, "models/{model}/versions/{version}")
+        return self.store.get_model_version(parts["model"], int(parts["version"]))
+
+    def get_model_version(self, name: str) -> ModelVersion:
+        parts = names.parse_name(name, "models/{model}/versions/{version}")
+        model_id, which = parts["model"], parts["version"]
+        found = (
+            self.store.latest_model_version(model_id)
+            if which == "latest"
+            else self.store.get_model_version(model_id, int(which))
+        )
+        if found is None:
+            raise NotFound(f"model version {name} not found", field="name")
+        return found
+
+    def list_model_versions(
+        self, parent: str, page_size: int, page_token: str
+    ) -> Page[ModelVersion]:
+        model_id = names.parse_name(parent, "models/{model}", "parent")["model"]
+        size = names.page_size(page_size)
+        token = names.decode_token(page_token, expect={"k": "versions", "parent": parent})
+        after = token.get("after", 0)
+        if not isinstance(after, int):
+            raise InvalidArgument("page_token is malformed", field="page_token")
+        versions = self.store.list_model_versions(model_id, after, size + 1)
+        more = len(versions) > size
+        versions = versions[:size]
+        next_token = (
+            names.encode_token(
+                {"k": "versions", "parent": parent, "after": versions[-1].version_id}
+            )
+            if more
+            else ""
+        )
+        return Page(versions, next_token)
+
+    def download_model_version(
+        self, name: str, chunk_size: int
+    ) -> tuple[ModelVersion, Iterator[bytes]]:
+        if chunk_size < 0:
+            raise InvalidArgument("chunk_size must not be negative", field="chunk_size")
+        size = min(chunk_size or DEFAULT_CHUNK, MAX_CHUNK)
+        mv = self.get_model_version(name)
+        return mv, self.store.read_blob(mv.sha256, size)

@@ -1,0 +1,367 @@
+"""The registry's mongoengine documents and queries; nothing else touches the database.
+
+Lookups go through single-field indexes (the embedded store does not use compound ones):
+revisions and model versions are keyed by a built string such as ``"churn:00000003"``, so
+a range on that one key pages through one ION's revisions in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import gridfs
+import mongoengine
+from bson import ObjectId
+from mongoengine import (
+    DictField,
+    Document,
+    IntField,
+    ListField,
+    LongField,
+    ObjectIdField,
+    StringField,
+)
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from relive.core.errors import AlreadyExists
+from relive.registry.model import (
+    CodeRef,
+    DatasetRef,
+    Ion,
+    Lineage,
+    ModelVersion,
+    Revision,
+)
+
+ALIAS = "registry"
+BUCKET = "models"
+
+
+def _ms(value: datetime) -> int:
+    return round(value.timestamp() * 1000)
+
+
+def _time(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def revision_key(ion_id: str, revision_id: int) -> str:
+    return f"{ion_id}:{revision_id:010d}"
+
+
+def version_key(model_id: str, version_id: int) -> str:
+    return f"{model_id}:{version_id:010d}"
+
+
+class IonDoc(Document):
+    meta = {
+        "db_alias": ALIAS,
+        "collection": "ions",
+        "indexes": [{"fields": ["ion_id"], "unique": True}],
+    }
+    ion_id = StringField(required=True)
+    project = StringField(default="default")
+    latest_revision = IntField(default=0)
+    retention_days = IntField(default=7)
+    # Times are epoch milliseconds: the embedded store turns a datetime in $set into a string.
+    create_ms = LongField()
+    update_ms = LongField()
+
+    def to_domain(self) -> Ion:
+        return Ion(
+            ion_id=self.ion_id,
+            latest_revision=self.latest_revision,
+            retention_days=self.retention_days,
+            project=self.project,
+            create_time=_time(self.create_ms),
+            update_time=_time(self.update_ms),
+        )
+
+
+class RevisionDoc(Document):
+    meta = {
+        "db_alias": ALIAS,
+        "collection": "revisions",
+        "indexes": [{"fields": ["key"], "unique": True}, "ion_id"],
+    }
+    key = StringField(required=True)
+    ion_id = StringField(required=True)
+    revision_id = IntField(required=True)
+    # Canonical JSON: opaque to the store, and free of keys MongoDB would refuse ("$x", "a.b").
+    definition_json = StringField(required=True)
+    definition_sha256 = StringField(required=True)
+    source_yaml = StringField(default="")
+    source_path = StringField(default="")
+    code_refs = ListField(DictField())
+    create_ms = LongField()
+
+    def to_domain(self) -> Revision:
+        return Revision(
+            ion_id=self.ion_id,
+            revision_id=self.revision_id,
+            definition=json.loads(self.definition_json),
+            source_yaml=self.source_yaml,
+            source_path=self.source_path,
+            code_refs=[CodeRef(**ref) for ref in self.code_refs],
+            definition_sha256=self.definition_sha256,
+            create_time=_time(self.create_ms),
+        )
+
+
+class ModelVersionDoc(Document):
+    meta = {
+        "db_alias": ALIAS,
+        "collection": "model_versions",
+        "indexes": [{"fields": ["key"], "unique": True}, "sha256"],
+    }
+    key = StringField(required=True)
+    model_id = StringField(required=True)
+    version_id = IntField(required=True)
+    sha256 = StringField(required=True)
+    size_bytes = IntField(required=True)
+    producing_run = StringField(default="")
+    producing_node = StringField(default="")
+    dataset_refs = ListField(DictField())
+    labels_json = StringField(default="{}")
+    create_ms = LongField()
+
+    def to_domain(self) -> ModelVersion:
+        return ModelVersion(
+            model_id=self.model_id,
+            version_id=self.version_id,
+            sha256=self.sha256,
+            size_bytes=self.size_bytes,
+            lineage=Lineage(
+                producing_run=self.producing_run,
+                producing_node=self.producing_node,
+                dataset_refs=[DatasetRef(**d) for d in self.dataset_refs],
+                labels=json.loads(self.labels_json),
+            ),
+            create_time=_time(self.create_ms),
+        )
+
+
+class BlobDoc(Document):
+    """One GridFS file per distinct sha256."""
+
+    meta = {
+        "db_alias": ALIAS,
+        "collection": "blobs",
+        "indexes": [{"fields": ["sha256"], "unique": True}],
+    }
+    sha256 = StringField(required=True)
+    file_id = ObjectIdField(required=True)
+    size_bytes = IntField(required=True)
+
+
+class RequestDoc(Document):
+    """What a create with a request_id returned, so a repeat returns the same."""
+
+    meta = {
+        "db_alias": ALIAS,
+        "collection": "requests",
+        "indexes": [{"fields": ["key"], "unique": True}],
+    }
+    key = StringField(required=True)
+    result = StringField(required=True)
+    create_ms = LongField()
+
+
+class CounterDoc(Document):
+    meta = {
+        "db_alias": ALIAS,
+        "collection": "counters",
+        "indexes": [{"fields": ["key"], "unique": True}],
+    }
+    key = StringField(required=True)
+    value = IntField(default=0)
+
+
+class RegistryStore:
+    """Queries over the documents above, returning domain values."""
+
+    def __init__(self) -> None:
+        for doc in (IonDoc, RevisionDoc, ModelVersionDoc, BlobDoc, RequestDoc, CounterDoc):
+            doc.ensure_indexes()
+
+    def _db(self) -> Any:
+        return mongoengine.get_db(ALIAS)
+
+    def _bucket(self) -> gridfs.GridFSBucket:
+        return gridfs.GridFSBucket(self._db(), bucket_name=BUCKET)
+
+    # ------------------------------------------------------------------ counters, requests
+
+    def next_value(self, key: str) -> int:
+        """An atomic per-key counter: 1, 2, 3, ..."""
+        coll = CounterDoc._get_collection()
+        for _ in range(3):
+            try:
+                doc = coll.find_one_and_update(
+                    {"key": key},
+                    {"$inc": {"value": 1}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+                return int(doc["value"])
+            except DuplicateKeyError:
+                continue  # two first calls raced on the upsert; the loser retries
+        raise AlreadyExists(f"counter {key} is contended")
+
+    def drop_counter(self, key: str) -> None:
+        CounterDoc._get_collection().delete_many({"key": key})
+
+    def recall(self, key: str) -> str | None:
+        doc = RequestDoc.objects(key=key).first()
+        return str(doc.result) if doc else None
+
+    def remember(self, key: str, result: str, now: datetime) -> str:
+        """Records a request's result; when another got there first, returns that one's."""
+        try:
+            RequestDoc(key=key, result=result, create_ms=_ms(now)).save(force_insert=True)
+        except mongoengine.NotUniqueError:
+            return self.recall(key) or result
+        return result
+
+    # ------------------------------------------------------------------------------ IONs
+
+    def insert_ion(self, ion_id: str, project: str, retention_days: int, now: datetime) -> Ion:
+        doc = IonDoc(
+            ion_id=ion_id,
+            project=project,
+            latest_revision=0,
+            retention_days=retention_days,
+            create_ms=_ms(now),
+            update_ms=_ms(now),
+        )
+        try:
+            doc.save(force_insert=True)
+        except mongoengine.NotUniqueError as e:
+            raise AlreadyExists(f"ION ions/{ion_id} already exists", field="ion_id") from e
+        return doc.to_domain()
+
+    def get_ion(self, ion_id: str) -> Ion | None:
+        doc = IonDoc.objects(ion_id=ion_id).first()
+        return doc.to_domain() if doc else None
+
+    def list_ions(self, after: str, limit: int) -> list[Ion]:
+        query = IonDoc.objects(ion_id__gt=after) if after else IonDoc.objects()
+        return [d.to_domain() for d in query.order_by("ion_id").limit(limit)]
+
+    def advance_ion(
+        self, ion_id: str, revision_id: int, retention_days: int, now: datetime
+    ) -> None:
+        """Points the ION at a newer revision; an older one arriving late changes nothing."""
+        IonDoc.objects(ion_id=ion_id, latest_revision__lt=revision_id).update_one(
+            set__latest_revision=revision_id,
+            set__retention_days=retention_days,
+            set__update_ms=_ms(now),
+        )
+
+    def delete_ion(self, ion_id: str) -> bool:
+        deleted = IonDoc.objects(ion_id=ion_id).delete()
+        RevisionDoc.objects(ion_id=ion_id).delete()
+        self.drop_counter(f"rev:{ion_id}")
+        return bool(deleted)
+
+    # ------------------------------------------------------------------------- revisions
+
+    def insert_revision(self, rev: Revision) -> Revision:
+        from relive.registry.definition import canonical_json
+
+        RevisionDoc(
+            key=revision_key(rev.ion_id, rev.revision_id),
+            ion_id=rev.ion_id,
+            revision_id=rev.revision_id,
+            definition_json=canonical_json(rev.definition),
+            definition_sha256=rev.definition_sha256,
+            source_yaml=rev.source_yaml,
+            source_path=rev.source_path,
+            code_refs=[ref.__dict__ for ref in rev.code_refs],
+            create_ms=_ms(rev.create_time),
+        ).save(force_insert=True)
+        return rev
+
+    def get_revision(self, ion_id: str, revision_id: int) -> Revision | None:
+        doc = RevisionDoc.objects(key=revision_key(ion_id, revision_id)).first()
+        return doc.to_domain() if doc else None
+
+    def list_revisions(self, ion_id: str, before: int | None, limit: int) -> list[Revision]:
+        """Newest first, starting below ``before``."""
+        low = revision_key(ion_id, 0)
+        high = revision_key(ion_id, before) if before is not None else f"{ion_id};"
+        query = RevisionDoc.objects(key__gt=low, key__lt=high).order_by("-key").limit(limit)
+        return [d.to_domain() for d in query]
+
+    # -------------------------------------------------------------------- model versions
+
+    def open_upload(self, model_id: str) -> gridfs.GridIn:
+        return self._bucket().open_upload_stream(f"models/{model_id}")
+
+    def keep_blob(self, sha256: str, file_id: ObjectId, size_bytes: int) -> ObjectId:
+        """Stores the bytes once per sha256: a duplicate upload is deleted in favour of the
+        file already kept, which is returned."""
+        existing = BlobDoc.objects(sha256=sha256).first()
+        if existing is None:
+            try:
+                BlobDoc(sha256=sha256, file_id=file_id, size_bytes=size_bytes).save(
+                    force_insert=True
+                )
+                return file_id
+            except mongoengine.NotUniqueError:
+                existing = BlobDoc.objects(sha256=sha256).first()
+        assert existing is not None
+        if existing.file_id != file_id:
+            self._bucket().delete(file_id)
+        return ObjectId(existing.file_id)
+
+    def discard_upload(self, file_id: ObjectId) -> None:
+        with contextlib.suppress(gridfs.errors.NoFile):
+            self._bucket().delete(file_id)
+
+    def insert_model_version(self, mv: ModelVersion) -> ModelVersion:
+        ModelVersionDoc(
+            key=version_key(mv.model_id, mv.version_id),
+            model_id=mv.model_id,
+            version_id=mv.version_id,
+            sha256=mv.sha256,
+            size_bytes=mv.size_bytes,
+            producing_run=mv.lineage.producing_run,
+            producing_node=mv.lineage.producing_node,
+            dataset_refs=[d.__dict__ for d in mv.lineage.dataset_refs],
+            labels_json=json.dumps(mv.lineage.labels, sort_keys=True),
+            create_ms=_ms(mv.create_time),
+        ).save(force_insert=True)
+        return mv
+
+    def get_model_version(self, model_id: str, version_id: int) -> ModelVersion | None:
+        doc = ModelVersionDoc.objects(key=version_key(model_id, version_id)).first()
+        return doc.to_domain() if doc else None
+
+    def latest_model_version(self, model_id: str) -> ModelVersion | None:
+        query = ModelVersionDoc.objects(
+            key__gt=version_key(model_id, 0), key__lt=f"{model_id};"
+        ).order_by("-key")
+        doc = query.first()
+        return doc.to_domain() if doc else None
+
+    def list_model_versions(self, model_id: str, after: int, limit: int) -> list[ModelVersion]:
+        """Oldest first, starting above ``after``."""
+        query = ModelVersionDoc.objects(
+            key__gt=version_key(model_id, after), key__lt=f"{model_id};"
+        ).order_by("key")
+        return [d.to_domain() for d in query.limit(limit)]
+
+    def read_blob(self, sha256: str, chunk_size: int) -> Iterator[bytes]:
+        """The bytes of a blob, ``chunk_size`` at a time, never all at once."""
+        blob = BlobDoc.objects(sha256=sha256).first()
+        if blob is None:
+            raise FileNotFoundError(sha256)
+        with self._bucket().open_download_stream(blob.file_id) as stream:
+            while chunk := stream.read(chunk_size):
+                yield chunk
