@@ -110,21 +110,28 @@ class EventRejection(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     FIELD_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position in the batch."""
     field: _builtins.str
     """The offending field, "events[3].type"."""
     reason: _builtins.str
+    code: _builtins.int
+    """The status code the event would have got alone (google.rpc.Code):
+    INVALID_ARGUMENT for a malformed or oversized event, ABORTED when a
+    concurrent append of the same event_id is in flight (resend it).
+    """
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
         field: _builtins.str = ...,
         reason: _builtins.str = ...,
+        code: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "index", b"index", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field", b"field", "index", b"index", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -119,7 +119,12 @@ class RecorderServiceServicer:
 
     def AppendEvents(self, request, context):
         """Appends one batch. Events are validated one by one: the response names
-        every rejected event, and the valid ones are stored.
+        every rejected event (its index, field and status code), and the valid
+        ones are stored. A batch is refused whole only when it cannot be read as a
+        batch: an unknown ION (NOT_FOUND), a malformed parent (INVALID_ARGUMENT),
+        or more events than the server's batch limit (RESOURCE_EXHAUSTED, field
+        "events"). An event over the size limit is rejected alone, with
+        INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,7 +36,12 @@ class RecorderServiceStub:
     def __new__(cls, channel: _aio.Channel) -> RecorderServiceAsyncStub: ...
     AppendEvents: _grpc.UnaryUnaryMultiCallable[_recorder_pb2.AppendEventsRequest, _recorder_pb2.AppendEventsResponse]
     """Appends one batch. Events are validated one by one: the response names
-    every rejected event, and the valid ones are stored.
+    every rejected event (its index, field and status code), and the valid
+    ones are stored. A batch is refused whole only when it cannot be read as a
+    batch: an unknown ION (NOT_FOUND), a malformed parent (INVALID_ARGUMENT),
+    or more events than the server's batch limit (RESOURCE_EXHAUSTED, field
+    "events"). An event over the size limit is rejected alone, with
+    INVALID_ARGUMENT.
     """
     StreamEvents: _grpc.StreamStreamMultiCallable[_recorder_pb2.StreamEventsRequest, _recorder_pb2.StreamEventsResponse]
     """Batches in, one ack per batch out, in order. The server reads the next
@@ -71,7 +76,12 @@ class RecorderServiceAsyncStub(RecorderServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     AppendEvents: _aio.UnaryUnaryMultiCallable[_recorder_pb2.AppendEventsRequest, _recorder_pb2.AppendEventsResponse]  # type: ignore[assignment]
     """Appends one batch. Events are validated one by one: the response names
-    every rejected event, and the valid ones are stored.
+    every rejected event (its index, field and status code), and the valid
+    ones are stored. A batch is refused whole only when it cannot be read as a
+    batch: an unknown ION (NOT_FOUND), a malformed parent (INVALID_ARGUMENT),
+    or more events than the server's batch limit (RESOURCE_EXHAUSTED, field
+    "events"). An event over the size limit is rejected alone, with
+    INVALID_ARGUMENT.
     """
     StreamEvents: _aio.StreamStreamMultiCallable[_recorder_pb2.StreamEventsRequest, _recorder_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """Batches in, one ack per batch out, in order. The server reads the next
@@ -109,7 +119,12 @@ class RecorderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_recorder_pb2.AppendEventsResponse, _abc.Awaitable[_recorder_pb2.AppendEventsResponse]]:
         """Appends one batch. Events are validated one by one: the response names
-        every rejected event, and the valid ones are stored.
+        every rejected event (its index, field and status code), and the valid
+        ones are stored. A batch is refused whole only when it cannot be read as a
+        batch: an unknown ION (NOT_FOUND), a malformed parent (INVALID_ARGUMENT),
+        or more events than the server's batch limit (RESOURCE_EXHAUSTED, field
+        "events"). An event over the size limit is rejected alone, with
+        INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
