@@ -1,4 +1,6 @@
 // JSON-like values to google.protobuf.Struct, in proto-loader's object form.
+// protobufjs defines the well-known types itself, with camelCase field names,
+// whatever keepCase says for the relive messages.
 
 /** @param {Record<string, unknown>} object */
 export function toStruct(object) {
@@ -14,22 +16,22 @@ export function toStruct(object) {
 
 /** @param {unknown} value */
 export function toValue(value) {
-  if (value === null || value === undefined) return { null_value: "NULL_VALUE" };
+  if (value === null || value === undefined) return { nullValue: "NULL_VALUE" };
   switch (typeof value) {
     case "number":
-      return { number_value: value };
+      return { numberValue: value };
     case "bigint":
-      return { number_value: Number(value) };
+      return { numberValue: Number(value) };
     case "string":
-      return { string_value: value };
+      return { stringValue: value };
     case "boolean":
-      return { bool_value: value };
+      return { boolValue: value };
     default:
       break;
   }
-  if (Array.isArray(value)) return { list_value: { values: value.map(toValue) } };
-  if (value instanceof Date) return { string_value: value.toISOString() };
-  if (typeof value === "object") return { struct_value: toStruct(value) };
+  if (Array.isArray(value)) return { listValue: { values: value.map(toValue) } };
+  if (value instanceof Date) return { stringValue: value.toISOString() };
+  if (typeof value === "object") return { structValue: toStruct(value) };
   throw new TypeError(`cannot record a ${typeof value} as an attribute`);
 }
 
@@ -42,16 +44,16 @@ export function fromStruct(struct) {
 
 export function fromValue(value) {
   switch (value?.kind) {
-    case "number_value":
-      return value.number_value;
-    case "string_value":
-      return value.string_value;
-    case "bool_value":
-      return value.bool_value;
-    case "struct_value":
-      return fromStruct(value.struct_value);
-    case "list_value":
-      return (value.list_value.values ?? []).map(fromValue);
+    case "numberValue":
+      return value.numberValue;
+    case "stringValue":
+      return value.stringValue;
+    case "boolValue":
+      return value.boolValue;
+    case "structValue":
+      return fromStruct(value.structValue);
+    case "listValue":
+      return (value.listValue.values ?? []).map(fromValue);
     default:
       return null;
   }
