@@ -1,7 +1,8 @@
 // Hybrid logical clock: physical milliseconds plus a logical counter.
 //
-// The rules mirror the Python SDK (clients/python/src/relive/hlc.py) so that a
-// Node component and a Python one order their events the same way:
+// The rules are those of the Python SDK (clients/python/src/relive/hlc.py),
+// step for step, so a Node component and a Python one order events alike
+// (tests/test_node_client.py replays the same steps through both):
 //   now():          physical = max(wall, last.physical); logical is bumped when
 //                   the physical part did not move, else reset to 0.
 //   update(remote): on receiving a remote stamp, jump past it, so anything
@@ -92,11 +93,11 @@ export function formatHlc(stamp) {
  * @returns {HlcStamp}
  */
 export function parseHlc(text) {
-  const m = /^\s*(\d+)(?:\.(\d+))?\s*$/.exec(String(text));
+  const m = /^\s*(\d+)(?:\.(\d*))?\s*$/.exec(String(text));
   if (!m) {
     throw new HlcError(`RELIVE_HLC must look like "physical_ms.logical", got ${JSON.stringify(text)}`);
   }
-  const stamp = { physical_ms: Number(m[1]), logical: m[2] === undefined ? 0 : Number(m[2]) };
+  const stamp = { physical_ms: Number(m[1]), logical: m[2] ? Number(m[2]) : 0 };
   if (!Number.isSafeInteger(stamp.physical_ms) || stamp.logical > MAX_LOGICAL) {
     throw new HlcError(`RELIVE_HLC is out of range: ${JSON.stringify(text)}`);
   }

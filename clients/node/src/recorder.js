@@ -327,19 +327,31 @@ export class Recorder {
     }
     if (this._batches[0] !== batch) return;
     this._batches.shift();
-    this.stats.sent += batch.events.length;
     this.stats.stored += Number(result.stored_count || 0);
     this.stats.duplicates += Number(result.duplicate_count || 0);
+    const again = [];
     for (const r of result.rejections || []) {
       const event = batch.events[r.index];
+      // ABORTED: a concurrent append of the same identity was in flight; the
+      // recorder asks for a resend, which it will store or deduplicate.
+      if (Number(r.code) === grpc.status.ABORTED && event && batch.attempts + 1 < this.options.maxAttempts) {
+        again.push(event);
+        continue;
+      }
       this.stats.rejected += 1;
       this.rejections.push({
         index: r.index,
         field: r.field,
         reason: r.reason,
         type: event?.type,
+        code: Number(r.code || 0),
         producerSequence: event ? Number(event.producer_sequence) : undefined,
       });
+    }
+    this.stats.sent += batch.events.length - again.length;
+    if (again.length) {
+      this._batchId += 1;
+      this._batches.unshift({ id: this._batchId, events: again, attempts: batch.attempts + 1 });
     }
   }
 

@@ -3,7 +3,6 @@ import { execFile } from "node:child_process";
 import path from "node:path";
 import { after, before, beforeEach, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 
 import * as grpc from "@grpc/grpc-js";
 
@@ -11,7 +10,6 @@ import { Recorder, RecorderError, RejectedEventsError, compareHlc, fromStruct } 
 import { StandInRecorder } from "../testing/stand_in_recorder.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const run = promisify(execFile);
 
 let recorder;
 let endpoint;
@@ -27,7 +25,7 @@ beforeEach(() => {
   recorder.events = [];
   recorder.identities.clear();
   recorder.batches = 0;
-  recorder.faults = { failAfterStore: 0, unavailable: 0, code: null };
+  recorder.faults = { failAfterStore: 0, unavailable: 0, code: null, abortEvents: 0 };
 });
 
 function open(options = {}) {
@@ -139,6 +137,16 @@ test("rejected events are reported with their field, the rest is stored", async 
   assert.equal(recorder.events.length, 2);
 });
 
+test("events rejected as ABORTED (a concurrent append in flight) are sent again", async () => {
+  recorder.faults.abortEvents = 2;
+  const rec = open();
+  for (let i = 0; i < 4; i++) rec.stat("x", i);
+  await rec.close();
+  assert.deepEqual(recorder.events.map((e) => Number(e.producer_sequence)).sort(), [1, 2, 3, 4]);
+  assert.equal(rec.stats.sent, 4);
+  assert.equal(rec.rejections.length, 0);
+});
+
 test("a partial batch is sent on its own after flushIntervalMs", async () => {
   const rec = open({ flushIntervalMs: 20 });
   rec.stat("x", 1);
@@ -192,5 +200,4 @@ test("the example component records its stats and model digest", async () => {
   assert.ok(recorder.events.every((e) => compareHlc(e.hlc, parent) > 0), "all after the parent's HLC");
   assert.ok(recorder.events.every((e) => e.trace_id === "4bf92f3577b34da6a3ce929d0e0e4736"));
   assert.ok(recorder.events.every((e) => e.run === "ions/churn/runs/r9"));
-  void run;
 });

@@ -19,6 +19,8 @@ export class StandInRecorder {
       unavailable: 0,
       // Fail the next N calls with this status code.
       code: null,
+      // Reject the next N events with ABORTED, as for a concurrent append in flight.
+      abortEvents: 0,
     };
     this.server = new grpc.Server();
     const { RecorderService } = loadPackage().relive.recorder.v1;
@@ -62,7 +64,13 @@ export class StandInRecorder {
     request.events.forEach((event, index) => {
       if (!event.type || event.type.includes(" ")) {
         result.sequences.push("0");
-        result.rejections.push({ index, field: `events[${index}].type`, reason: "bad type" });
+        result.rejections.push({ index, field: `events[${index}].type`, reason: "bad type", code: 3 });
+        return;
+      }
+      if (this.faults.abortEvents > 0) {
+        this.faults.abortEvents -= 1;
+        result.sequences.push("0");
+        result.rejections.push({ index, field: `events[${index}]`, reason: "in flight", code: 10 });
         return;
       }
       const key = `${event.producer_id}/${event.producer_sequence}`;
