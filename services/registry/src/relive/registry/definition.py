@@ -619,8 +619,9 @@ def _check_acyclic(doc: _Doc, edges: list[dict[str, str]], at: dict[tuple[str, s
         graph.setdefault(e["from"], []).append(e["to"])
     cycle = _find_cycle(graph)
     if cycle:
-        # Point at the edge that closes the cycle, where the file wrote it.
-        index = at.get((cycle[-1], cycle[0]), 0)
+        # Point at the cycle's edge written last in the file: the likeliest to be new.
+        pairs = [(cycle[i], cycle[(i + 1) % len(cycle)]) for i in range(len(cycle))]
+        index = max(at.get(pair, 0) for pair in pairs)
         raise doc.error(("edges", index), f"edges form a cycle: {' -> '.join([*cycle, cycle[0]])}")
 
 

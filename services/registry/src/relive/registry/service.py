@@ -53,6 +53,17 @@ def _code_refs(refs: Sequence[CodeRef]) -> list[CodeRef]:
     return list(refs)
 
 
+def _which(value: str, field: str, what: str) -> int | None:
+    """A revision or version id: a number from 1, or "latest" (None)."""
+    if value == "latest":
+        return None
+    if not value.isdigit() or int(value) < 1 or len(value) > 18:
+        raise InvalidArgument(
+            f"{field} names {what} {value!r}: use a number from 1, or 'latest'", field=field
+        )
+    return int(value)
+
+
 class RegistryService:
     """IONs and their revisions, and model versions with their bytes."""
 
@@ -200,15 +211,9 @@ class RegistryService:
 
     def get_revision(self, name: str) -> Revision:
         parts = names.parse_name(name, "ions/{ion}/revisions/{revision}")
-        ion_id, which = parts["ion"], parts["revision"]
-        if which == "latest":
-            revision_id = self._ion(ion_id).latest_revision
-        else:
-            revision_id = int(which)
-            if revision_id < 1:
-                raise InvalidArgument(
-                    "revision ids start at 1", field="name", metadata={"name": name}
-                )
+        ion_id = parts["ion"]
+        which = _which(parts["revision"], "name", "revision")
+        revision_id = self._ion(ion_id).latest_revision if which is None else which
         rev = self.store.get_revision(ion_id, revision_id)
         if rev is None:
             raise NotFound(f"revision {name} not found", field="name")
@@ -331,11 +336,12 @@ class RegistryService:
 
     def get_model_version(self, name: str) -> ModelVersion:
         parts = names.parse_name(name, "models/{model}/versions/{version}")
-        model_id, which = parts["model"], parts["version"]
+        model_id = parts["model"]
+        which = _which(parts["version"], "name", "version")
         found = (
             self.store.latest_model_version(model_id)
-            if which == "latest"
-            else self.store.get_model_version(model_id, int(which))
+            if which is None
+            else self.store.get_model_version(model_id, which)
         )
         if found is None:
             raise NotFound(f"model version {name} not found", field="name")
