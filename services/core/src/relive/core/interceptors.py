@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import pymongo.errors
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -71,6 +72,16 @@ def _internal() -> Any:
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, errors.ReliveError):
         context.abort_with_status(to_status(exc))
+    if isinstance(exc, pymongo.errors.ConnectionFailure):
+        # The store is down or unreachable: a retry may succeed, so say UNAVAILABLE.
+        log.warning("store unavailable in %s: %s", method, exc)
+        context.abort_with_status(
+            to_status(
+                errors.Unavailable(
+                    "the store is unavailable; retry later", reason="STORE_UNAVAILABLE"
+                )
+            )
+        )
     log.exception("unexpected error in %s", method, exc_info=exc)
     context.abort_with_status(_internal())
 
