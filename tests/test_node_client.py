@@ -1,0 +1,356 @@
+"""The Node.js client (clients/node) against the real registry and recorder.
+
+A command component written in Node records stats and a model digest between Python
+events; its events must sit in the timeline in causal order between them, once each, even
+when the Node client resends a batch whose ack it lost, and even when the parent's clock
+runs ahead of the child's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from relive.core.serving import Server
+from relive.hlc import HybridLogicalClock, Stamp, wall_ms
+from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
+from relive.registry.v1 import registry_pb2, registry_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_DIR = REPO / "clients" / "node"
+SCORE = NODE_DIR / "examples" / "score.js"
+NODE = shutil.which("node")
+NPM = shutil.which("npm")
+
+pytestmark = pytest.mark.skipif(
+    NODE is None, reason="node is not on PATH: the Node.js client (clients/node) is not tested"
+)
+
+ION_YAML = """\
+name: polyglot
+nodes:
+  prep:
+    pipeline:
+      components:
+        load: {call: examples.churn.steps:load, params: {dataset: breast_cancer}}
+  infer:
+    pipeline:
+      components:
+        score: {command: [node, clients/node/examples/score.js]}
+"""
+ION = "ions/polyglot"
+RUN = f"{ION}/runs/r1"
+# The parent's clock runs a minute ahead of the machine's: without update(parent) in the
+# child, every Node event would sort before the Python events that caused it.
+SKEW_MS = 60_000
+ROWS = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]
+WEIGHTS = [0.5, 0.25]
+
+
+def _node_modules_ready() -> bool:
+    """npm writes node_modules/.package-lock.json; stale when package-lock.json is newer."""
+    marker = NODE_DIR / "node_modules" / ".package-lock.json"
+    lock = NODE_DIR / "package-lock.json"
+    return marker.exists() and marker.stat().st_mtime >= lock.stat().st_mtime
+
+
+@pytest.fixture(scope="module")
+def node_modules() -> Path:
+    """clients/node/node_modules, installed with `npm ci` when missing or stale."""
+    if not _node_modules_ready():
+        if NPM is None:
+            pytest.fail(
+                "clients/node/node_modules is missing and npm is not on PATH: "
+                "run `make setup` or `cd clients/node && npm ci`"
+            )
+        done = subprocess.run(
+            [NPM, "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            pytest.fail(
+                "`npm ci` in clients/node failed (is the npm registry reachable?):\n"
+                + done.stdout[-2000:]
+                + done.stderr[-2000:]
+            )
+    return NODE_DIR / "node_modules"
+
+
+def _node_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without RELIVE_* and trace settings, plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("RELIVE_") and k not in ("TRACEPARENT", "NODE_OPTIONS")
+    }
+    env.update(extra)
+    return env
+
+
+def test_node_unit_tests_pass(node_modules: Path) -> None:
+    assert NODE is not None
+    done = subprocess.run(
+        [NODE, "--test"],
+        cwd=NODE_DIR,
+        env=_node_env({}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "# fail 0" in done.stdout
+
+
+# ---- the HLC rules are the same in both languages -------------------------------------------
+
+
+def _replay_python(ops: list[list[Any]]) -> list[str]:
+    wall = [0]
+    clock = HybridLogicalClock(physical=lambda: wall[0])
+    out = []
+    for op in ops:
+        wall[0] = op[1]
+        stamp = clock.now() if op[0] == "now" else clock.update(op[2])
+        out.append(stamp.encode())
+    return out
+
+
+def _replay_node(ops: list[list[Any]]) -> list[str]:
+    assert NODE is not None
+    script = (
+        'import { readFileSync } from "node:fs";'
+        'import { Hlc, formatHlc } from "./src/hlc.js";'
+        "const ops = JSON.parse(readFileSync(0, 'utf8'));"
+        "let wall = 0; const hlc = new Hlc({ clock: () => wall });"
+        "const out = ops.map(([op, w, remote]) => { wall = w;"
+        " return formatHlc(op === 'now' ? hlc.now() : hlc.update(remote)); });"
+        "process.stdout.write(JSON.stringify(out));"
+    )
+    done = subprocess.run(
+        [NODE, "--input-type=module", "-e", script],
+        cwd=NODE_DIR,
+        input=json.dumps(ops),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result: list[str] = json.loads(done.stdout)
+    return result
+
+
+def test_node_and_python_hlc_follow_the_same_rules(node_modules: Path) -> None:
+    rng = random.Random(6)
+    ops: list[list[Any]] = []
+    wall = 1_700_000_000_000
+    for _ in range(2000):
+        wall += rng.choice([-5, -1, 0, 0, 0, 1, 3])  # clocks stall and step back
+        if rng.random() < 0.3:
+            remote = f"{wall + rng.randint(-10, 10)}.{rng.randint(0, 5)}"
+            ops.append(["update", wall, remote])
+        else:
+            ops.append(["now", wall])
+    assert _replay_node(ops) == _replay_python(ops)
+
+
+# ---- a Node command component in the timeline ----------------------------------------------
+
+
+class PythonProducer:
+    """Python events with their own producer identity, stamped on a clock that runs ahead."""
+
+    def __init__(self, stub: recorder_pb2_grpc.RecorderServiceStub) -> None:
+        self.stub = stub
+        self.producer_id = f"py-{secrets.token_hex(4)}"
+        self.sequence = 0
+        self.hlc = HybridLogicalClock(physical=lambda: wall_ms() + SKEW_MS)
+
+    def stat(self, name: str, value: float) -> None:
+        self.sequence += 1
+        stamp = self.hlc.now()
+        event = event_pb2.Event(
+            ion=ION,
+            producer_id=self.producer_id,
+            producer_sequence=self.sequence,
+            hlc=event_pb2.Hlc(physical_ms=stamp.physical_ms, logical=stamp.logical),
+            type="stat",
+            run=RUN,
+            node="prep",
+            component="load",
+            stat=event_pb2.StatAttributes(name=name, value=value),
+        )
+        response = self.stub.AppendEvents(
+            recorder_pb2.AppendEventsRequest(parent=ION, events=[event]), timeout=30
+        )
+        assert not response.rejections, response.rejections
+
+
+@pytest.fixture
+def recorder_stub(
+    registry_channel: grpc.Channel, recorder_server: Server
+) -> Iterator[recorder_pb2_grpc.RecorderServiceStub]:
+    registry = registry_pb2_grpc.RegistryServiceStub(registry_channel)
+    registry.CreateIon(
+        registry_pb2.CreateIonRequest(ion_id="polyglot", definition_yaml=ION_YAML), timeout=30
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{recorder_server.port}") as channel:
+        yield recorder_pb2_grpc.RecorderServiceStub(channel)
+
+
+def run_score(endpoint: str, parent: Stamp, trace_id: str, span_id: str, **env: str) -> Any:
+    assert NODE is not None
+    done = subprocess.run(
+        [NODE, str(SCORE)],
+        cwd=REPO,
+        input=json.dumps({"rows": ROWS, "weights": WEIGHTS}),
+        env=_node_env(
+            {
+                "RELIVE_RECORDER_ENDPOINT": endpoint,
+                "RELIVE_ION": "polyglot",
+                "RELIVE_RUN": "r1",
+                "RELIVE_NODE": "infer",
+                "RELIVE_COMPONENT": "score",
+                "RELIVE_HLC": parent.encode(),
+                "TRACEPARENT": f"00-{trace_id}-{span_id}-01",
+                **env,
+            }
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def list_timeline(stub: recorder_pb2_grpc.RecorderServiceStub) -> list[event_pb2.Event]:
+    events: list[event_pb2.Event] = []
+    token = ""
+    while True:
+        page = stub.ListEvents(
+            recorder_pb2.ListEventsRequest(
+                parent=ION,
+                order=recorder_pb2.EVENT_ORDER_TIMELINE,
+                page_size=5,
+                page_token=token,
+            ),
+            timeout=30,
+        )
+        events.extend(page.events)
+        token = page.next_page_token
+        if not token:
+            return events
+
+
+def test_node_component_events_sit_between_the_python_events_once_each(
+    node_modules: Path,
+    recorder_server: Server,
+    recorder_stub: recorder_pb2_grpc.RecorderServiceStub,
+) -> None:
+    py = PythonProducer(recorder_stub)
+    for i in range(3):
+        py.stat("before", i)
+    # The parent hands its clock to the child: the send event of the process hop.
+    parent = py.hlc.now()
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    out = run_score(
+        f"127.0.0.1:{recorder_server.port}",
+        parent,
+        trace_id,
+        span_id,
+        # The first ack is dropped after the recorder stored the batch: a resend.
+        RELIVE_FAULT_LOSE_ACKS="1",
+    )
+    # The child's final clock comes back with its result: the receive event.
+    py.hlc.update(out["hlc"])
+    for i in range(3):
+        py.stat("after", i)
+
+    assert out["duplicates"] == out["events"] == 7, "the whole batch was sent twice"
+
+    timeline = list_timeline(recorder_stub)
+    who = [
+        "py:" + e.stat.name if e.producer_id == py.producer_id else "node:" + e.type
+        for e in timeline
+    ]
+    assert who == [
+        "py:before",
+        "py:before",
+        "py:before",
+        "node:component.started",
+        "node:model.loaded",
+        "node:stat",
+        "node:stat",
+        "node:predictions.digest",
+        "node:log",
+        "node:component.finished",
+        "py:after",
+        "py:after",
+        "py:after",
+    ]
+    identities = [(e.producer_id, e.producer_sequence) for e in timeline]
+    assert len(set(identities)) == len(identities) == 13, "no event was stored twice"
+    assert len({e.sequence for e in timeline}) == 13
+
+    node_events = [e for e in timeline if e.producer_id == out["producer_id"]]
+    assert [e.producer_sequence for e in node_events] == list(range(1, 8))
+    assert all((e.hlc.physical_ms, e.hlc.logical) > tuple(parent) for e in node_events)
+    assert all(e.trace_id == trace_id and e.span_id == span_id for e in node_events)
+    assert all((e.run, e.node, e.component) == (RUN, "infer", "score") for e in node_events)
+
+    stats = {e.stat.name: e.stat for e in node_events if e.kind == event_pb2.EVENT_KIND_STAT}
+    scores = [sum(x * w for x, w in zip(row, WEIGHTS, strict=True)) for row in ROWS]
+    assert stats["rows"].value == len(ROWS)
+    assert stats["mean_score"].value == pytest.approx(sum(scores) / len(scores))
+    assert dict(stats["mean_score"].labels) == {"language": "node"}
+
+    # The model digest is the sha256 of the model's canonical JSON, computed here on its own.
+    digest = hashlib.sha256(
+        json.dumps({"kind": "linear", "weights": WEIGHTS}, separators=(",", ":")).encode()
+    ).hexdigest()
+    (model,) = [e for e in node_events if e.kind == event_pb2.EVENT_KIND_MODEL]
+    assert model.model.sha256 == digest == out["model_sha256"]
+    assert model.model.action == "loaded"
+    assert model.model.model_version == f"models/node-linear/versions/{digest[:12]}"
+
+    (custom,) = [e for e in node_events if e.kind == event_pb2.EVENT_KIND_CUSTOM]
+    assert custom.custom.data["sha256"] == out["predictions_sha256"]
+    assert custom.custom.data["count"] == len(ROWS)
+
+
+def test_node_component_reports_an_unknown_ion(
+    node_modules: Path,
+    recorder_server: Server,
+    recorder_stub: recorder_pb2_grpc.RecorderServiceStub,
+) -> None:
+    assert NODE is not None
+    done = subprocess.run(
+        [NODE, str(SCORE)],
+        cwd=REPO,
+        input=json.dumps({"rows": ROWS}),
+        env=_node_env(
+            {
+                "RELIVE_RECORDER_ENDPOINT": f"127.0.0.1:{recorder_server.port}",
+                "RELIVE_ION": "no-such-ion",
+            }
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "no-such-ion" in done.stderr or "NOT_FOUND" in done.stderr.upper(), done.stderr
