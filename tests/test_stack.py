@@ -72,7 +72,7 @@ def test_orphaned_store_is_replaced_and_its_data_kept(tmp_path: Path) -> None:
     uri = first.start()
     import pymongo
 
-    with pymongo.MongoClient(uri) as client:
+    with pymongo.MongoClient[dict[str, object]](uri) as client:
         client.relive_registry.probe.insert_one({"kept": True})
     orphan = first.process
     assert orphan is not None
@@ -85,7 +85,7 @@ def test_orphaned_store_is_replaced_and_its_data_kept(tmp_path: Path) -> None:
         while pid_alive(orphan.pid) and orphan.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert orphan.poll() is not None, "the orphaned store is still running"
-        with pymongo.MongoClient(uri2) as client:
+        with pymongo.MongoClient[dict[str, object]](uri2) as client:
             assert client.relive_registry.probe.find_one({"kept": True}) is not None
     finally:
         second.stop()
