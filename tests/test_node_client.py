@@ -353,4 +353,5 @@ def test_node_component_reports_an_unknown_ion(
         timeout=120,
     )
     assert done.returncode == 1
-    assert "no-such-ion" in done.stderr or "NOT_FOUND" in done.stderr.upper(), done.stderr
+    assert "NOT_FOUND" in done.stderr and "ions/no-such-ion" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, "one clear line, no stack trace"

@@ -45,6 +45,7 @@ async function main() {
     return;
   }
   let status = 0;
+  let failure = "";
   try {
     recorder.lifecycle("component.started", "RUNNING");
     const { rows, weights } = readBatch(process.argv.slice(2));
@@ -75,6 +76,7 @@ async function main() {
     );
   } catch (err) {
     status = 1;
+    failure = err.message;
     process.stderr.write(`score: ${err.message}\n`);
     try {
       recorder.error(err);
@@ -87,7 +89,7 @@ async function main() {
       await recorder.close();
     } catch (err) {
       status = 1;
-      process.stderr.write(`score: ${err.message}\n`);
+      if (err.message !== failure) process.stderr.write(`score: ${err.message}\n`);
     }
   }
   process.exitCode = status;

@@ -295,7 +295,8 @@ export class Recorder {
         const code = err.code ?? grpc.status.UNKNOWN;
         if (!RETRYABLE.has(code) || failures >= this.options.maxAttempts) {
           throw new RecorderError(
-            `cannot send events to the recorder at ${this.options.endpoint} after ${failures} attempt(s): ${err.details || err.message}`,
+            `${statusName(code)}: cannot send events to the recorder at ${this.options.endpoint} ` +
+              `(${failures} attempt(s)): ${err.details || err.message}`,
             { code, cause: err },
           );
         }
@@ -435,6 +436,11 @@ export class Recorder {
       next();
     });
   }
+}
+
+/** "NOT_FOUND" for 5, as the Python SDK prints codes. */
+export function statusName(code) {
+  return Object.keys(grpc.status).find((k) => grpc.status[k] === code) ?? String(code);
 }
 
 function sleep(ms) {
