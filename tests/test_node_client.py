@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import pytest
 
+from relive.client.recorder import EventSink
 from relive.core.serving import Server
 from relive.hlc import HybridLogicalClock, Stamp, wall_ms
 from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
@@ -170,33 +171,16 @@ def test_node_and_python_hlc_follow_the_same_rules(node_modules: Path) -> None:
 # ---- a Node command component in the timeline ----------------------------------------------
 
 
-class PythonProducer:
-    """Python events with their own producer identity, stamped on a clock that runs ahead."""
-
-    def __init__(self, stub: recorder_pb2_grpc.RecorderServiceStub) -> None:
-        self.stub = stub
-        self.producer_id = f"py-{secrets.token_hex(4)}"
-        self.sequence = 0
-        self.hlc = HybridLogicalClock(physical=lambda: wall_ms() + SKEW_MS)
-
-    def stat(self, name: str, value: float) -> None:
-        self.sequence += 1
-        stamp = self.hlc.now()
-        event = event_pb2.Event(
-            ion=ION,
-            producer_id=self.producer_id,
-            producer_sequence=self.sequence,
-            hlc=event_pb2.Hlc(physical_ms=stamp.physical_ms, logical=stamp.logical),
-            type="stat",
-            run=RUN,
-            node="prep",
-            component="load",
-            stat=event_pb2.StatAttributes(name=name, value=value),
-        )
-        response = self.stub.AppendEvents(
-            recorder_pb2.AppendEventsRequest(parent=ION, events=[event]), timeout=30
-        )
-        assert not response.rejections, response.rejections
+def python_sink(endpoint: str) -> EventSink:
+    """The Python SDK's sink on a clock that runs ahead of the machine's."""
+    return EventSink(
+        endpoint,
+        "polyglot",
+        clock=HybridLogicalClock(physical=lambda: wall_ms() + SKEW_MS),
+        run=RUN,
+        node="prep",
+        component="load",
+    )
 
 
 @pytest.fixture
@@ -261,14 +245,16 @@ def test_node_component_events_sit_between_the_python_events_once_each(
     recorder_server: Server,
     recorder_stub: recorder_pb2_grpc.RecorderServiceStub,
 ) -> None:
-    py = PythonProducer(recorder_stub)
+    endpoint = f"127.0.0.1:{recorder_server.port}"
+    py = python_sink(endpoint)
     for i in range(3):
-        py.stat("before", i)
+        py.log_stat("before", i)
+    py.flush()
     # The parent hands its clock to the child: the send event of the process hop.
-    parent = py.hlc.now()
+    parent = py.clock.now()
     trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
     out = run_score(
-        f"127.0.0.1:{recorder_server.port}",
+        endpoint,
         parent,
         trace_id,
         span_id,
@@ -276,9 +262,11 @@ def test_node_component_events_sit_between_the_python_events_once_each(
         RELIVE_FAULT_LOSE_ACKS="1",
     )
     # The child's final clock comes back with its result: the receive event.
-    py.hlc.update(out["hlc"])
+    py.clock.update(out["hlc"])
     for i in range(3):
-        py.stat("after", i)
+        py.log_stat("after", i)
+    stats = py.close()
+    assert not stats.failures, stats.failures
 
     assert out["duplicates"] == out["events"] == 7, "the whole batch was sent twice"
 
@@ -312,11 +300,11 @@ def test_node_component_events_sit_between_the_python_events_once_each(
     assert all(e.trace_id == trace_id and e.span_id == span_id for e in node_events)
     assert all((e.run, e.node, e.component) == (RUN, "infer", "score") for e in node_events)
 
-    stats = {e.stat.name: e.stat for e in node_events if e.kind == event_pb2.EVENT_KIND_STAT}
+    by_name = {e.stat.name: e.stat for e in node_events if e.kind == event_pb2.EVENT_KIND_STAT}
     scores = [sum(x * w for x, w in zip(row, WEIGHTS, strict=True)) for row in ROWS]
-    assert stats["rows"].value == len(ROWS)
-    assert stats["mean_score"].value == pytest.approx(sum(scores) / len(scores))
-    assert dict(stats["mean_score"].labels) == {"language": "node"}
+    assert by_name["rows"].value == len(ROWS)
+    assert by_name["mean_score"].value == pytest.approx(sum(scores) / len(scores))
+    assert dict(by_name["mean_score"].labels) == {"language": "node"}
 
     # The model digest is the sha256 of the model's canonical JSON, computed here on its own.
     digest = hashlib.sha256(
