@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "relive.cli.retention",
     "relive.cli.run",
     "relive.cli.demo",
+    "relive.cli.trace",
+    "relive.cli.console",
 )
 
 
