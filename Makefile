@@ -11,7 +11,7 @@ export UV_PYTHON := $(PYTHON)
 PY_SRC := clients/python/src services/core/src services/registry/src services/recorder/src services/executor/src
 PROTO_OUT := clients/python/src
 
-.PHONY: run test setup lock protos lint check-protos compose-config bench clean
+.PHONY: run test setup browser lock protos lint check-protos compose-config bench clean
 
 run: setup
 	$(VENV)/bin/relive demo
@@ -19,7 +19,7 @@ run: setup
 test: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-setup: $(STAMP) node_modules/.installed
+setup: $(STAMP) node_modules/.installed clients/node/node_modules/.installed browser
 
 $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(TOOLS)/uv 'uv>=0.4,<1'
@@ -35,6 +35,18 @@ lock: $(UV)
 node_modules/.installed: package.json package-lock.json
 	@if command -v npm >/dev/null; then npm ci --silent --no-audit --no-fund && touch $@; \
 	else echo "npm not found: buf lint and the Node client are skipped"; fi
+
+clients/node/node_modules/.installed: clients/node/package.json clients/node/package-lock.json
+	@if command -v npm >/dev/null; then cd clients/node && npm ci --silent --no-audit --no-fund && touch node_modules/.installed; \
+	else echo "npm not found: the Node client is not installed"; fi
+
+# The console's tests drive Debian's chromium; install it where we may (root with apt).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (Debian) for the console tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found and cannot be installed here: the console's browser tests will fail"; fi; }
 
 # Regenerates the committed Python code from protos/.
 protos: $(STAMP)
