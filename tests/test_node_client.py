@@ -22,7 +22,9 @@ from typing import Any
 import grpc
 import pytest
 
+from relive.client.channel import connect_channel
 from relive.client.recorder import EventSink
+from relive.core.config import Config
 from relive.core.serving import Server
 from relive.hlc import HybridLogicalClock, Stamp, wall_ms
 from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
@@ -343,3 +345,62 @@ def test_node_component_reports_an_unknown_ion(
     assert done.returncode == 1
     assert "NOT_FOUND" in done.stderr and "ions/no-such-ion" in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1, "one clear line, no stack trace"
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH")
+def test_node_client_speaks_tls_with_a_bearer_token(
+    node_modules: Path, config: Config, tmp_path: Path
+) -> None:
+    from relive.recorder.server import create_server
+
+    key, cert = _self_signed(tmp_path)
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("tokens:\n  tok-node: {user: node, project: polyglot, role: admin}\n")
+    server, port = create_server(
+        config.with_(auth=True, auth_tokens_file=tokens, tls_cert=cert, tls_key=key)
+    )
+    server.start()
+    try:
+        base = {"RELIVE_RECORDER_ENDPOINT": f"localhost:{port}", "RELIVE_TLS_CA": str(cert)}
+        out = run_score(
+            f"localhost:{port}",
+            Stamp(wall_ms(), 0),
+            secrets.token_hex(16),
+            secrets.token_hex(8),
+            RELIVE_TLS_CA=str(cert),
+            RELIVE_TOKEN="tok-node",
+        )
+        assert out["events"] == 7
+
+        with connect_channel(f"localhost:{port}", token="tok-node", tls_ca=cert, environ={}) as ch:
+            timeline = list_timeline(recorder_pb2_grpc.RecorderServiceStub(ch))
+        assert [e.producer_id for e in timeline] == [out["producer_id"]] * 7
+
+        assert NODE is not None
+        anonymous = subprocess.run(
+            [NODE, str(SCORE)],
+            cwd=REPO,
+            input=json.dumps({"rows": ROWS}),
+            env=_node_env({**base, "RELIVE_ION": "polyglot"}),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert anonymous.returncode == 1
+        assert "UNAUTHENTICATED" in anonymous.stderr, anonymous.stderr
+    finally:
+        server.stop(0.5)

@@ -2,7 +2,7 @@
 // An example command component in Node.js: scores one JSON batch and records
 // what it did into the relive timeline.
 //
-//   node examples/score.js [BATCH.json]        (or the batch on stdin)
+//   node examples/score.js [BATCH.json | -]     (or params, or stdin; see readBatch)
 //
 // The batch is {"rows": [[x1, x2, ...], ...], "weights": [w1, w2, ...]} or just
 // the rows array. The component computes a linear score per row, records the
@@ -17,16 +17,29 @@ import { readFileSync } from "node:fs";
 
 import { Recorder } from "../src/index.js";
 
-function readBatch(argv) {
-  const file = argv.find((a) => !a.startsWith("-"));
-  const text = file && file !== "-" ? readFileSync(file, "utf8") : readFileSync(0, "utf8");
-  const batch = JSON.parse(text);
+/**
+ * The batch comes from, in order: a file named on the command line ("-" for
+ * stdin), the component's params (RELIVE_PARAMS: {"rows", "weights"} inline or
+ * {"batch_file": path}), or stdin when it is not a terminal.
+ */
+function readBatch(argv, env) {
+  const file = argv.find((a) => !a.startsWith("-") || a === "-");
+  const params = env.RELIVE_PARAMS ? JSON.parse(env.RELIVE_PARAMS) : {};
+  let batch;
+  if (file) batch = JSON.parse(readFileSync(file === "-" ? 0 : file, "utf8"));
+  else if (Array.isArray(params.rows)) batch = params;
+  else if (params.batch_file) batch = JSON.parse(readFileSync(params.batch_file, "utf8"));
+  else if (!process.stdin.isTTY) batch = JSON.parse(readFileSync(0, "utf8") || "null");
+  if (batch === undefined || batch === null) {
+    throw new TypeError("no batch: name a JSON file, pipe one on stdin, or give params {rows, weights}");
+  }
   const rows = Array.isArray(batch) ? batch : batch.rows;
   if (!Array.isArray(rows) || !rows.every((r) => Array.isArray(r) && r.every(Number.isFinite))) {
     throw new TypeError('the batch must be {"rows": [[number, ...], ...]} or an array of rows');
   }
   const width = rows[0]?.length ?? 0;
-  const weights = Array.isArray(batch.weights) ? batch.weights : Array(width).fill(1 / Math.max(width, 1));
+  const given = Array.isArray(batch.weights) ? batch.weights : params.weights;
+  const weights = Array.isArray(given) ? given : Array(width).fill(1 / Math.max(width, 1));
   return { rows, weights };
 }
 
@@ -48,7 +61,7 @@ async function main() {
   let failure = "";
   try {
     recorder.lifecycle("component.started", "RUNNING");
-    const { rows, weights } = readBatch(process.argv.slice(2));
+    const { rows, weights } = readBatch(process.argv.slice(2), process.env);
     const sha256 = modelDigest(weights);
     const modelVersion = process.env.RELIVE_MODEL_VERSION || `models/node-linear/versions/${sha256.slice(0, 12)}`;
     recorder.model(modelVersion, sha256, "loaded");
