@@ -1,0 +1,882 @@
+"""The recorder's client side: a typed wrapper of every RPC, and the buffered ``EventSink``.
+
+``EventSink`` is what programs record through. ``record()`` and the ``log_*`` helpers stamp
+each event with the process's hybrid logical clock and a producer identity (producer id plus
+a sequence that increases with the clock), then queue it. A background thread streams
+batches over ``StreamEvents``; after a failure it reconnects and sends every unacknowledged
+batch again, unchanged, and the recorder stores each event once. The queue is bounded: when
+it is full ``record()`` blocks (or, with ``block=False``, raises ``BufferFull``). Nothing is
+dropped silently: rejected or unsendable events are kept in ``failures`` and logged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import datetime as dt
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+import traceback as tb
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
+
+from relive import hlc as hlc_mod
+from relive.client.channel import DEFAULT_TIMEOUT_S, call, connect_channel
+from relive.errors import ReliveError, from_rpc_error
+from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+Event = event_pb2.Event
+TimeLike = dt.datetime | timestamp_pb2.Timestamp | int | float | None
+
+KIND_NAMES = {
+    name.removeprefix("EVENT_KIND_").lower(): value
+    for name, value in event_pb2.EventKind.items()
+    if value
+}
+
+# Transient stream failures: the sink reconnects and resends.
+_RETRY_STREAM = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+
+
+# ---- conversions ---------------------------------------------------------------------------
+
+
+def to_timestamp(value: TimeLike) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp from a datetime, a Timestamp, or epoch milliseconds (int) / seconds (float)."""
+    if value is None:
+        return None
+    if isinstance(value, timestamp_pb2.Timestamp):
+        return value
+    ts = timestamp_pb2.Timestamp()
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        ts.FromDatetime(value.astimezone(dt.UTC))
+    elif isinstance(value, int):
+        ts.FromMilliseconds(value)
+    else:
+        ts.FromNanoseconds(int(value * 1e9))
+    return ts
+
+
+def ion_parent(ion: str) -> str:
+    return ion if ion.startswith("ions/") else f"ions/{ion}"
+
+
+def to_struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    if value:
+        s.update(_plain(value))
+    return s
+
+
+def _plain(value: Any) -> Any:
+    """Makes a value JSON-like for a Struct: tuples become lists, other objects strings."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def make_filter(
+    *,
+    start: TimeLike = None,
+    end: TimeLike = None,
+    kinds: Iterable[str | int] = (),
+    types: Iterable[str] = (),
+    nodes: Iterable[str] = (),
+    runs: Iterable[str] = (),
+    trace_id: str = "",
+) -> recorder_pb2.EventFilter:
+    f = recorder_pb2.EventFilter(
+        types=list(types), nodes=list(nodes), runs=list(runs), trace_id=trace_id
+    )
+    for k in kinds:
+        f.kinds.append(KIND_NAMES[k.lower()] if isinstance(k, str) else k)
+    if (ts := to_timestamp(start)) is not None:
+        f.start_time.CopyFrom(ts)
+    if (ts := to_timestamp(end)) is not None:
+        f.end_time.CopyFrom(ts)
+    return f
+
+
+# ---- the typed client ----------------------------------------------------------------------
+
+
+class RecorderClient:
+    """Every recorder RPC with a deadline, retries of UNAVAILABLE, and errors mapped to
+    ``relive.errors``. ``target`` is ``host:port`` or an open channel."""
+
+    def __init__(self, target: str | grpc.Channel, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self._own = isinstance(target, str)
+        self.channel: grpc.Channel = connect_channel(target) if isinstance(target, str) else target
+        self.stub = recorder_pb2_grpc.RecorderServiceStub(self.channel)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        if self._own:
+            self.channel.close()
+
+    def __enter__(self) -> RecorderClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # events
+
+    def append(self, ion: str, events: Iterable[Event]) -> recorder_pb2.AppendEventsResponse:
+        """Appends one batch. Safe to retry: every event carries its identity."""
+        request = recorder_pb2.AppendEventsRequest(parent=ion_parent(ion), events=list(events))
+        return call(self.stub.AppendEvents, request, timeout=self.timeout)
+
+    def list_events_page(
+        self,
+        ion: str,
+        *,
+        filter: recorder_pb2.EventFilter | None = None,
+        order: str = "timeline",
+        page_size: int = 1000,
+        page_token: str = "",
+    ) -> recorder_pb2.ListEventsResponse:
+        request = recorder_pb2.ListEventsRequest(
+            parent=ion_parent(ion),
+            filter=filter or recorder_pb2.EventFilter(),
+            order=_order(order),
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return call(self.stub.ListEvents, request, timeout=self.timeout)
+
+    def list_events(
+        self,
+        ion: str,
+        *,
+        filter: recorder_pb2.EventFilter | None = None,
+        order: str = "timeline",
+        page_size: int = 1000,
+        **filter_fields: Any,
+    ) -> Iterator[Event]:
+        """Every matching event, page by page. Keyword filter fields go to ``make_filter``."""
+        flt = filter if filter is not None else make_filter(**filter_fields)
+        token = ""
+        while True:
+            page = self.list_events_page(
+                ion, filter=flt, order=order, page_size=page_size, page_token=token
+            )
+            yield from page.events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def watch_events(
+        self,
+        ion: str,
+        *,
+        filter: recorder_pb2.EventFilter | None = None,
+        after_sequence: int = 0,
+        timeout: float | None = None,
+        **filter_fields: Any,
+    ) -> Iterator[recorder_pb2.WatchEventsResponse]:
+        """The live tail; cancel by closing the iterator (or the client)."""
+        flt = filter if filter is not None else make_filter(**filter_fields)
+        request = recorder_pb2.WatchEventsRequest(
+            parent=ion_parent(ion), filter=flt, after_sequence=after_sequence
+        )
+        stream = self.stub.WatchEvents(request, timeout=timeout)
+        try:
+            yield from stream
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise from_rpc_error(e) from e
+        finally:
+            stream.cancel()
+
+    # captures
+
+    def create_capture(
+        self,
+        ion: str,
+        capture_id: str,
+        start: TimeLike,
+        end: TimeLike,
+        *,
+        description: str = "",
+        request_id: str | None = None,
+    ) -> recorder_pb2.Capture:
+        capture = recorder_pb2.Capture(description=description)
+        if (ts := to_timestamp(start)) is not None:
+            capture.start_time.CopyFrom(ts)
+        if (ts := to_timestamp(end)) is not None:
+            capture.end_time.CopyFrom(ts)
+        request = recorder_pb2.CreateCaptureRequest(
+            parent=ion_parent(ion),
+            capture_id=capture_id,
+            capture=capture,
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        return call(self.stub.CreateCapture, request, timeout=self.timeout)
+
+    def get_capture(self, name: str) -> recorder_pb2.Capture:
+        return call(
+            self.stub.GetCapture, recorder_pb2.GetCaptureRequest(name=name), timeout=self.timeout
+        )
+
+    def list_captures(
+        self, ion: str = "-", *, page_size: int = 100
+    ) -> Iterator[recorder_pb2.Capture]:
+        token = ""
+        while True:
+            page = call(
+                self.stub.ListCaptures,
+                recorder_pb2.ListCapturesRequest(
+                    parent=ion_parent(ion), page_size=page_size, page_token=token
+                ),
+                timeout=self.timeout,
+            )
+            yield from page.captures
+            token = page.next_page_token
+            if not token:
+                return
+
+    def update_capture(self, name: str, description: str) -> recorder_pb2.Capture:
+        request = recorder_pb2.UpdateCaptureRequest(
+            capture=recorder_pb2.Capture(name=name, description=description),
+            update_mask=field_mask_pb2.FieldMask(paths=["description"]),
+        )
+        return call(self.stub.UpdateCapture, request, timeout=self.timeout)
+
+    def delete_capture(self, name: str) -> None:
+        call(
+            self.stub.DeleteCapture,
+            recorder_pb2.DeleteCaptureRequest(name=name),
+            timeout=self.timeout,
+        )
+
+    def replay_capture(
+        self,
+        name: str,
+        *,
+        speed: float = 1.0,
+        start: TimeLike = None,
+        filter: recorder_pb2.EventFilter | None = None,
+    ) -> Iterator[recorder_pb2.ReplayCaptureResponse]:
+        request = recorder_pb2.ReplayCaptureRequest(
+            name=name, speed=speed, filter=filter or recorder_pb2.EventFilter()
+        )
+        if (ts := to_timestamp(start)) is not None:
+            request.start_time.CopyFrom(ts)
+        stream = self.stub.ReplayCapture(request)
+        try:
+            yield from stream
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise from_rpc_error(e) from e
+        finally:
+            stream.cancel()
+
+    def export_capture(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        include_models: bool = False,
+        progress: Callable[[recorder_pb2.ExportProgress], None] | None = None,
+    ) -> Path:
+        """Streams the export into ``path`` (written to a temp name, then renamed)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".part")
+        request = recorder_pb2.ExportCaptureRequest(name=name, include_models=include_models)
+        try:
+            with tmp.open("wb") as out:
+                for message in self.stub.ExportCapture(request):
+                    if message.WhichOneof("payload") == "chunk":
+                        out.write(message.chunk)
+                    elif progress is not None:
+                        progress(message.progress)
+            tmp.replace(path)
+        except grpc.RpcError as e:
+            tmp.unlink(missing_ok=True)
+            raise from_rpc_error(e) from e
+        return path
+
+    def import_capture(
+        self,
+        path: str | Path,
+        *,
+        capture_id: str = "",
+        chunk_size: int = 1 << 20,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> recorder_pb2.ImportCaptureResponse:
+        path = Path(path)
+        total = path.stat().st_size
+
+        def messages() -> Iterator[recorder_pb2.ImportCaptureRequest]:
+            yield recorder_pb2.ImportCaptureRequest(
+                header=recorder_pb2.ImportCaptureHeader(capture_id=capture_id)
+            )
+            sent = 0
+            with path.open("rb") as f:
+                while chunk := f.read(chunk_size):
+                    sent += len(chunk)
+                    yield recorder_pb2.ImportCaptureRequest(chunk=chunk)
+                    if progress is not None:
+                        progress(sent, total)
+
+        try:
+            return self.stub.ImportCapture(messages())  # type: ignore[no-any-return]
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e
+
+    # retention
+
+    def get_retention_policy(self, ion: str) -> recorder_pb2.RetentionPolicy:
+        return call(
+            self.stub.GetRetentionPolicy,
+            recorder_pb2.GetRetentionPolicyRequest(name=f"{ion_parent(ion)}/retentionPolicy"),
+            timeout=self.timeout,
+        )
+
+    def set_retention(self, ion: str, days: int) -> recorder_pb2.RetentionPolicy:
+        policy = recorder_pb2.RetentionPolicy(
+            name=f"{ion_parent(ion)}/retentionPolicy", retention_days=days
+        )
+        return call(
+            self.stub.UpdateRetentionPolicy,
+            recorder_pb2.UpdateRetentionPolicyRequest(retention_policy=policy),
+            timeout=self.timeout,
+        )
+
+    def run_retention(
+        self, ion: str, *, as_of: TimeLike = None
+    ) -> recorder_pb2.RunRetentionResponse:
+        request = recorder_pb2.RunRetentionRequest(parent=ion_parent(ion))
+        if (ts := to_timestamp(as_of)) is not None:
+            request.as_of_time.CopyFrom(ts)
+        return call(self.stub.RunRetention, request, timeout=max(self.timeout, 300.0))
+
+
+def _order(order: str) -> int:
+    if order in ("", "timeline"):
+        return recorder_pb2.EVENT_ORDER_TIMELINE
+    if order == "arrival":
+        return recorder_pb2.EVENT_ORDER_ARRIVAL
+    raise ValueError(f"order must be 'timeline' or 'arrival', not {order!r}")
+
+
+# ---- the sink ------------------------------------------------------------------------------
+
+
+class BufferFull(ReliveError):
+    """``record()`` with ``block=False`` found the sink's queue full; the event was not queued."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FlushTimeout(ReliveError):
+    """``close()`` or ``flush()`` gave up with events still unacknowledged."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@dataclass
+class Failure:
+    """Events the recorder refused, with why; ``rejection`` is None when the whole batch was."""
+
+    event: Event
+    reason: str
+    field: str = ""
+
+
+@dataclass
+class SinkStats:
+    queued: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    batches: int = 0
+    reconnects: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def acknowledged(self) -> int:
+        return self.stored + self.duplicates + self.failed
+
+
+_SENTINEL = object()
+
+
+def default_producer_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class EventSink:
+    """Buffers events and streams them to the recorder from a background thread.
+
+    Defaults: run, node and component given here go on every event that does not set them.
+    """
+
+    def __init__(
+        self,
+        target: str | grpc.Channel,
+        ion: str,
+        *,
+        producer_id: str | None = None,
+        clock: hlc_mod.HybridLogicalClock | None = None,
+        run: str = "",
+        node: str = "",
+        component: str = "",
+        max_queue: int = 100_000,
+        batch_size: int = 1000,
+        window: int = 2,
+        block: bool = True,
+        linger_s: float = 0.005,
+        max_backoff_s: float = 2.0,
+    ) -> None:
+        self._own_channel = isinstance(target, str)
+        self.channel: grpc.Channel = connect_channel(target) if isinstance(target, str) else target
+        self._stub = recorder_pb2_grpc.RecorderServiceStub(self.channel)
+        self.parent = ion_parent(ion)
+        self.producer_id = producer_id or default_producer_id()
+        self.clock = clock or hlc_mod.process_clock()
+        self.run = run
+        self.node = node
+        self.component = component
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._batch_size = max(1, batch_size)
+        self._window = max(1, window)
+        self._block = block
+        self._linger_s = linger_s
+        self._max_backoff_s = max_backoff_s
+        self._stamp_lock = threading.Lock()
+        self._next_pseq = 1
+        self._closing = threading.Event()
+        self._closed = False
+        self._cond = threading.Condition()
+        self.stats = SinkStats()
+        self._thread = threading.Thread(
+            target=self._run, name=f"relive-sink-{self.producer_id}", daemon=True
+        )
+        self._thread.start()
+        atexit.register(self._atexit)
+
+    # -- producing
+
+    @property
+    def failures(self) -> list[Failure]:
+        return self.stats.failures
+
+    def emit(
+        self, event: Event, *, block: bool | None = None, timeout: float | None = None
+    ) -> Event:
+        """Stamps ``event`` (HLC, producer identity, defaults) and queues it."""
+        if self._closed or self._closing.is_set():
+            raise ReliveError("the sink is closed", field="sink")
+        if self.run and not event.run:
+            event.run = self.run
+        if self.node and not event.node:
+            event.node = self.node
+        if self.component and not event.component:
+            event.component = self.component
+        if not event.HasField("time"):
+            event.time.GetCurrentTime()
+        with self._stamp_lock:
+            stamp = self.clock.now()
+            event.hlc.physical_ms = stamp.physical_ms
+            event.hlc.logical = stamp.logical
+            if not event.event_id:
+                event.producer_id = self.producer_id
+                event.producer_sequence = self._next_pseq
+                self._next_pseq += 1
+            try:
+                self._queue.put(
+                    event, block=self._block if block is None else block, timeout=timeout
+                )
+            except queue.Full:
+                if not event.event_id:
+                    self._next_pseq -= 1
+                raise BufferFull(
+                    f"the sink's queue is full ({self._queue.maxsize} events); the event was "
+                    "not recorded",
+                    field="event",
+                ) from None
+        with self._cond:
+            self.stats.queued += 1
+        return event
+
+    def record(
+        self,
+        type: str,
+        *,
+        run: str = "",
+        node: str = "",
+        component: str = "",
+        trace_id: str = "",
+        span_id: str = "",
+        **data: Any,
+    ) -> Event:
+        """Records a custom event: ``record("batch.scored", rows=16)``."""
+        e = Event(
+            type=type, run=run, node=node, component=component, trace_id=trace_id, span_id=span_id
+        )
+        e.custom.data.CopyFrom(to_struct(data))
+        return self.emit(e)
+
+    def log_stat(
+        self,
+        name: str,
+        value: float,
+        *,
+        step: int = 0,
+        labels: Mapping[str, str] | None = None,
+        type: str = "stat",
+        **where: str,
+    ) -> Event:
+        e = Event(type=type, **where)
+        e.stat.name = name
+        e.stat.value = float(value)
+        e.stat.step = step
+        if labels:
+            e.stat.labels.update({str(k): str(v) for k, v in labels.items()})
+        return self.emit(e)
+
+    def log_lifecycle(
+        self, type: str, state: str = "", details: Mapping[str, Any] | None = None, **where: str
+    ) -> Event:
+        e = Event(type=type, **where)
+        e.lifecycle.state = state
+        if details:
+            e.lifecycle.details.CopyFrom(to_struct(details))
+        return self.emit(e)
+
+    def log_model(
+        self,
+        model_version: str,
+        *,
+        action: str = "logged",
+        sha256: str = "",
+        batch: int = 0,
+        type: str = "",
+        **where: str,
+    ) -> Event:
+        e = Event(type=type or f"model.{action}", **where)
+        e.model.model_version = model_version
+        e.model.action = action
+        e.model.sha256 = sha256
+        e.model.batch = batch
+        return self.emit(e)
+
+    def log_dataset(
+        self,
+        uri: str,
+        *,
+        sha256: str = "",
+        size_bytes: int = 0,
+        type: str = "dataset.read",
+        **where: str,
+    ) -> Event:
+        e = Event(type=type, **where)
+        e.dataset.uri = uri
+        e.dataset.sha256 = sha256
+        e.dataset.size_bytes = size_bytes
+        return self.emit(e)
+
+    def log_human_action(
+        self, user: str, action: str, comment: str = "", type: str = "", **where: str
+    ) -> Event:
+        e = Event(type=type or f"human.{action}", **where)
+        e.human_action.user = user
+        e.human_action.action = action
+        e.human_action.comment = comment
+        return self.emit(e)
+
+    def log_error(self, error: BaseException | str, *, type: str = "error", **where: str) -> Event:
+        e = Event(type=type, **where)
+        if isinstance(error, BaseException):
+            e.error.error_type = type_name(error)
+            e.error.message = str(error)
+            e.error.traceback = "".join(tb.format_exception(error))
+        else:
+            e.error.message = error
+        return self.emit(e)
+
+    def log_config(
+        self,
+        before: Mapping[str, Any] | None,
+        after: Mapping[str, Any] | None,
+        *,
+        type: str = "config.changed",
+        **where: str,
+    ) -> Event:
+        e = Event(type=type, **where)
+        e.config.before.CopyFrom(to_struct(before))
+        e.config.after.CopyFrom(to_struct(after))
+        return self.emit(e)
+
+    def log(
+        self, message: str, severity: str = "INFO", *, type: str = "log", **where: str
+    ) -> Event:
+        e = Event(type=type, **where)
+        e.log.severity = severity
+        e.log.message = message
+        return self.emit(e)
+
+    def log_span(
+        self,
+        name: str,
+        *,
+        trace_id: str,
+        span_id: str,
+        start: TimeLike,
+        end: TimeLike,
+        parent_span_id: str = "",
+        span_kind: int = 1,
+        status_code: int = 0,
+        status_message: str = "",
+        attributes: Mapping[str, Any] | None = None,
+        service_name: str = "",
+        type: str = "span",
+        **where: str,
+    ) -> Event:
+        e = Event(type=type, trace_id=trace_id, span_id=span_id, **where)
+        s = e.span
+        s.name = name
+        s.parent_span_id = parent_span_id
+        if (ts := to_timestamp(start)) is not None:
+            s.start_time.CopyFrom(ts)
+        if (ts := to_timestamp(end)) is not None:
+            s.end_time.CopyFrom(ts)
+        s.span_kind = span_kind
+        s.status_code = status_code
+        s.status_message = status_message
+        s.service_name = service_name
+        if attributes:
+            s.attributes.CopyFrom(to_struct(attributes))
+        return self.emit(e)
+
+    # -- flushing
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        """Waits until every queued event is acknowledged (stored, a duplicate, or failed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self.stats.acknowledged < self.stats.queued:
+                if not self._thread.is_alive():
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise FlushTimeout(
+                        f"{self.stats.queued - self.stats.acknowledged} events are not yet "
+                        "acknowledged by the recorder",
+                        field="timeout",
+                    )
+                self._cond.wait(0.1 if left is None else min(left, 0.1))
+
+    def close(self, timeout: float | None = 60.0) -> SinkStats:
+        """Flushes and stops the sender. Raises FlushTimeout if events are still unsent."""
+        if self._closed:
+            return self.stats
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed = True
+            self._closing.set()
+            self._queue_put_sentinel()
+            self._thread.join(timeout=5)
+            atexit.unregister(self._atexit)
+            if self._own_channel:
+                self.channel.close()
+        if self.stats.failed:
+            log.warning(
+                "recorder sink %s: %d events were refused by the recorder; see sink.failures",
+                self.producer_id,
+                self.stats.failed,
+            )
+        return self.stats
+
+    def _queue_put_sentinel(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_SENTINEL)
+
+    def _atexit(self) -> None:
+        try:
+            self.close(timeout=30.0)
+        except ReliveError as e:
+            log.error("recorder sink %s lost events at exit: %s", self.producer_id, e)
+
+    def __enter__(self) -> EventSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the sender thread
+
+    def _take_batch(self, wait: bool) -> list[Event]:
+        batch: list[Event] = []
+        try:
+            first = self._queue.get(timeout=0.1) if wait else self._queue.get_nowait()
+        except queue.Empty:
+            return batch
+        if first is _SENTINEL:
+            return batch
+        batch.append(first)
+        deadline = time.monotonic() + self._linger_s
+        while len(batch) < self._batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+            if item is _SENTINEL:
+                break
+            batch.append(item)
+        return batch
+
+    def _run(self) -> None:
+        inflight: collections.deque[tuple[recorder_pb2.StreamEventsRequest, list[Event]]] = (
+            collections.deque()
+        )
+        next_id = 1
+        backoff = 0.05
+        while True:
+            requests: queue.Queue[Any] = queue.Queue()
+            responses = self._stub.StreamEvents(iter(requests.get, _SENTINEL), wait_for_ready=True)
+            for request, _events in inflight:  # resend, unchanged, after a reconnect
+                requests.put(request)
+            try:
+                while True:
+                    while len(inflight) < self._window:
+                        if self._closing.is_set() and self._queue.empty():
+                            break
+                        batch = self._take_batch(wait=not inflight)
+                        if not batch:
+                            break
+                        request = recorder_pb2.StreamEventsRequest(
+                            batch_id=next_id,
+                            batch=recorder_pb2.AppendEventsRequest(
+                                parent=self.parent, events=batch
+                            ),
+                        )
+                        next_id += 1
+                        inflight.append((request, batch))
+                        requests.put(request)
+                    if not inflight:
+                        if self._closing.is_set() and self._queue.empty():
+                            requests.put(_SENTINEL)
+                            return
+                        continue
+                    ack = next(responses)
+                    request, batch = inflight.popleft()
+                    if ack.batch_id != request.batch_id:
+                        log.error(
+                            "recorder acked batch %d, expected %d", ack.batch_id, request.batch_id
+                        )
+                    self._acked(batch, ack.result)
+                    backoff = 0.05
+            except grpc.RpcError as e:
+                requests.put(_SENTINEL)
+                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+                if code in _RETRY_STREAM:
+                    with self._cond:
+                        self.stats.reconnects += 1
+                    log.info(
+                        "recorder stream broke (%s); resending %d batches", code, len(inflight)
+                    )
+                    time.sleep(backoff * (0.5 + random.random()))
+                    backoff = min(backoff * 2, self._max_backoff_s)
+                    continue
+                # The first unacknowledged batch is the one the recorder refused.
+                error = from_rpc_error(e)
+                if inflight:
+                    _request, batch = inflight.popleft()
+                    self._failed(batch, error)
+            except StopIteration:
+                requests.put(_SENTINEL)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+            except Exception:  # pragma: no cover - keep the thread alive, loudly
+                log.exception("recorder sink %s: sender failed", self.producer_id)
+                requests.put(_SENTINEL)
+                time.sleep(backoff)
+
+    def _acked(self, batch: list[Event], result: recorder_pb2.AppendEventsResponse) -> None:
+        failures = [
+            Failure(batch[r.index], r.reason, r.field)
+            for r in result.rejections
+            if 0 <= r.index < len(batch)
+        ]
+        if failures:
+            log.warning(
+                "recorder refused %d events, first: %s (%s)",
+                len(failures),
+                failures[0].reason,
+                failures[0].field,
+            )
+        with self._cond:
+            self.stats.stored += result.stored_count
+            self.stats.duplicates += result.duplicate_count
+            self.stats.failed += len(failures)
+            self.stats.failures.extend(failures)
+            self.stats.batches += 1
+            self._cond.notify_all()
+
+    def _failed(self, batch: list[Event], error: ReliveError) -> None:
+        log.error("recorder refused a batch of %d events: %s", len(batch), error)
+        with self._cond:
+            self.stats.failed += len(batch)
+            self.stats.failures.extend(Failure(e, str(error), error.field) for e in batch)
+            self._cond.notify_all()
+
+
+def type_name(error: BaseException) -> str:
+    cls = type(error)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+__all__ = [
+    "BufferFull",
+    "Event",
+    "EventSink",
+    "Failure",
+    "FlushTimeout",
+    "RecorderClient",
+    "SinkStats",
+    "make_filter",
+    "to_timestamp",
+]

@@ -1,0 +1,137 @@
+"""What the recorder asks the registry: does an ION exist, its retention, its revisions.
+
+The recorder never writes registry data except when an import recreates exported revisions.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import grpc
+
+from relive.core import errors
+from relive.registry.v1 import registry_pb2, registry_pb2_grpc
+
+TIMEOUT_S = 10.0
+
+
+class Registry(Protocol):
+    def ion_exists(self, ion: str) -> bool: ...
+
+    def retention_days(self, ion: str) -> int | None: ...
+
+    def revisions(self, ion: str) -> list[registry_pb2.Revision]: ...
+
+    def restore_revisions(self, ion: str, yamls: list[tuple[str, str]]) -> int: ...
+
+
+def _domain_error(e: grpc.RpcError, what: str) -> errors.ReliveError:
+    code = e.code() if hasattr(e, "code") else None
+    if code == grpc.StatusCode.NOT_FOUND:
+        return errors.NotFound(f"{what}: {e.details()}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return errors.InvalidArgument(f"{what}: {e.details()}")
+    return errors.Unavailable(f"{what}: the registry answered {code}: {e.details()}")
+
+
+class RegistryLink:
+    """A gRPC client of the registry; positive ION lookups are cached (IONs are rarely
+    deleted, and a stale yes only lets events of a deleted ION in)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._endpoint = endpoint
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._known: set[str] = set()
+
+    def _stub(self) -> registry_pb2_grpc.RegistryServiceStub:
+        with self._lock:
+            if self._channel is None:
+                self._channel = grpc.insecure_channel(self._endpoint)
+            return registry_pb2_grpc.RegistryServiceStub(self._channel)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+
+    def _get_ion(self, ion: str) -> registry_pb2.Ion | None:
+        for attempt in range(3):
+            try:
+                return self._stub().GetIon(
+                    registry_pb2.GetIonRequest(name=f"ions/{ion}"), timeout=TIMEOUT_S
+                )
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    return None
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == 2:
+                    raise _domain_error(e, f"cannot look up ions/{ion}") from e
+        return None
+
+    def ion_exists(self, ion: str) -> bool:
+        if ion in self._known:
+            return True
+        found = self._get_ion(ion) is not None
+        if found:
+            self._known.add(ion)
+        return found
+
+    def retention_days(self, ion: str) -> int | None:
+        found = self._get_ion(ion)
+        return int(found.retention_days) if found and found.retention_days > 0 else None
+
+    def revisions(self, ion: str) -> list[registry_pb2.Revision]:
+        """Every revision of the ION, oldest first."""
+        out: list[registry_pb2.Revision] = []
+        token = ""
+        while True:
+            try:
+                resp = self._stub().ListRevisions(
+                    registry_pb2.ListRevisionsRequest(
+                        parent=f"ions/{ion}", page_size=100, page_token=token
+                    ),
+                    timeout=TIMEOUT_S,
+                )
+            except grpc.RpcError as e:
+                raise _domain_error(e, f"cannot list the revisions of ions/{ion}") from e
+            out.extend(resp.revisions)
+            token = resp.next_page_token
+            if not token:
+                break
+        return sorted(out, key=lambda r: r.revision_id)
+
+    def restore_revisions(self, ion: str, yamls: list[tuple[str, str]]) -> int:
+        """Recreates exported revisions (source YAML, source path), oldest first, skipping
+        those whose YAML is already a revision here. Returns how many it created."""
+        stub = self._stub()
+        existing: list[registry_pb2.Revision] = []
+        if self._get_ion(ion) is not None:
+            existing = self.revisions(ion)
+        have = {r.source_yaml for r in existing}
+        created = 0
+        for text, path in yamls:
+            if text in have:
+                continue
+            try:
+                if not existing and created == 0:
+                    stub.CreateIon(
+                        registry_pb2.CreateIonRequest(
+                            ion_id=ion, definition_yaml=text, source_path=path
+                        ),
+                        timeout=TIMEOUT_S,
+                    )
+                else:
+                    stub.CreateRevision(
+                        registry_pb2.CreateRevisionRequest(
+                            parent=f"ions/{ion}", definition_yaml=text, source_path=path
+                        ),
+                        timeout=TIMEOUT_S,
+                    )
+            except grpc.RpcError as e:
+                raise _domain_error(e, f"cannot recreate a revision of ions/{ion}") from e
+            have.add(text)
+            created += 1
+        self._known.add(ion)
+        return created

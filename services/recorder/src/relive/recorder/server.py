@@ -1,0 +1,71 @@
+"""Wires the recorder: store, registry link, service, servicer, retention sweeps, serving."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import grpc
+
+from relive.core.config import Config
+from relive.core.serving import Server, build_server, run_service
+from relive.recorder.export import Exporter
+from relive.recorder.registry_link import RegistryLink
+from relive.recorder.service import RecorderService
+from relive.recorder.servicer import RecorderServicer
+from relive.recorder.store import Store
+from relive.recorder.v1 import recorder_pb2, recorder_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = recorder_pb2.DESCRIPTOR.services_by_name["RecorderService"].full_name
+
+
+class RetentionSweeper:
+    """Runs a retention sweep of every ION every ``interval_s`` seconds, on its own thread."""
+
+    def __init__(self, service: RecorderService, interval_s: float) -> None:
+        self._service = service
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retention-sweeper", daemon=True)
+
+    def start(self) -> None:
+        if self._interval_s > 0:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self._service.sweep_all()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+
+def create_server(config: Config) -> tuple[Server, int]:
+    """A recorder server bound to ``config.port`` (0: any free port); call ``start()`` on it."""
+    store = Store(config)
+    registry = RegistryLink(config.registry_endpoint) if config.registry_endpoint else None
+    if registry is None:
+        log.warning("no registry endpoint: the recorder accepts events for any ION")
+    service = RecorderService(config, store, registry)
+    exporter = Exporter(config, service, registry)
+    servicer = RecorderServicer(service, exporter)
+
+    def register(server: grpc.Server) -> None:
+        recorder_pb2_grpc.add_RecorderServiceServicer_to_server(servicer, server)
+
+    server = build_server(config, register, [SERVICE_NAME])
+    sweeper = RetentionSweeper(service, config.retention_interval_s)
+    sweeper.start()
+    server.add_stop_hook(store.close)
+    if registry is not None:
+        server.add_stop_hook(registry.close)
+    server.add_stop_hook(sweeper.stop)
+    return server, server.port
+
+
+if __name__ == "__main__":
+    run_service("recorder", lambda c: create_server(c)[0])

@@ -1,0 +1,530 @@
+"""The recorder's documents and every query it makes. Nothing else touches the database.
+
+Events are stored in buckets, like Temporal's history batches or Loki's chunks: one document
+holds up to ``BUCKET_EVENTS`` serialized ``Event`` protos as one zlib-compressed blob, plus a
+summary used to prune (sequence range, HLC time range, kinds, types, nodes, runs, trace ids).
+Queries go only through single-field indexes on keys built as strings, because the embedded
+store does not use compound indexes. docs/recorder-storage.md describes the layout.
+
+Each ``Store`` owns its own ``MongoClient`` instead of the process-wide mongoengine alias: a
+test (or an import into another deployment) may run two recorders on two databases in one
+process, and rebinding the alias would close the other's client. The mongoengine documents
+below are the schema and the source of the index definitions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import mongoengine as me
+from bson import Binary
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from relive.core.config import Config
+from relive.recorder.v1 import event_pb2, recorder_pb2
+
+# At most this many events per bucket: a page of 1,000 events touches one or two buckets.
+BUCKET_EVENTS = 1000
+# Soft cap on a bucket's uncompressed size.
+BUCKET_BYTES = 4 * 1024 * 1024
+# A bucket never spans more HLC time than the last level; its level is the first whose span
+# bounds it. A window query scans each level from (start - span): tight for dense timelines,
+# and late batches that span minutes do not widen every query.
+LEVEL_SPANS_MS = (1_000, 60_000, 3_600_000, 86_400_000)
+# Summary lists hold at most this many distinct values; more means "cannot prune".
+SUMMARY_MAX = 64
+SEQ_WIDTH = 19
+MS_WIDTH = 15
+MAX_MS = 10**MS_WIDTH - 1
+
+
+def seq_key(ion: str, seq: int) -> str:
+    return f"{ion}:{seq:0{SEQ_WIDTH}d}"
+
+
+def time_prefix(ion: str, level: int, ms: int) -> str:
+    """Every time key of ``level`` with min time >= ``ms`` sorts at or after this."""
+    return f"{ion}:{level}:{min(max(ms, 0), MAX_MS):0{MS_WIDTH}d}"
+
+
+def time_key(ion: str, level: int, ms: int, last_seq: int) -> str:
+    """Unique: the min time, then the last sequence, so scans can resume after a key."""
+    return f"{time_prefix(ion, level, ms)}:{last_seq:0{SEQ_WIDTH}d}"
+
+
+def escape(value: str) -> str:
+    """Keeps ':' (the key separator) out of free-form parts of keys."""
+    return value.replace("%", "%25").replace(":", "%3A")
+
+
+def producer_prefix(ion: str, producer: str) -> str:
+    return f"{ion}:p:{escape(producer)}:"
+
+
+def producer_key(ion: str, producer: str, pseq: int) -> str:
+    return f"{producer_prefix(ion, producer)}{pseq:0{SEQ_WIDTH}d}"
+
+
+def anonymous_key(ion: str, first_seq: int) -> str:
+    return f"{ion}:s:{first_seq:0{SEQ_WIDTH}d}"
+
+
+def level_of(span_ms: int) -> int:
+    for level, bound in enumerate(LEVEL_SPANS_MS):
+        if span_ms <= bound:
+            return level
+    return len(LEVEL_SPANS_MS) - 1
+
+
+# ---- documents ---------------------------------------------------------------------------
+
+
+class EventBucket(me.Document):  # type: ignore[misc]
+    """A batch of events of one ION (and one producer) as one compressed blob."""
+
+    ion = me.StringField(required=True)
+    # "<ion>:<last sequence>": arrival-order reads start at the first bucket whose key >= X.
+    seq_key = me.StringField(required=True, unique=True)
+    # "<ion>:<level>:<min hlc ms>": timeline reads scan [start - span(level), end) per level.
+    time_key = me.StringField(required=True)
+    # "<ion>:p:<producer>:<first producer sequence>" or "<ion>:s:<first sequence>": unique,
+    # so a resent batch can never be stored twice, even by two recorders at once.
+    pkey = me.StringField(required=True, unique=True)
+    producer = me.StringField()
+    pfirst = me.IntField()
+    plast = me.IntField()
+    first_seq = me.IntField(required=True)
+    last_seq = me.IntField(required=True)
+    min_ms = me.IntField(required=True)
+    max_ms = me.IntField(required=True)
+    count = me.IntField(required=True)
+    kinds = me.ListField(me.IntField())
+    # None means more than SUMMARY_MAX distinct values.
+    types = me.ListField(me.StringField(), null=True)
+    nodes = me.ListField(me.StringField(), null=True)
+    runs = me.ListField(me.StringField(), null=True)
+    traces = me.ListField(me.StringField(), null=True)
+    # zlib(level 1) of a serialized ListEventsResponse: the events in timeline order, which
+    # within one bucket is also sequence order.
+    blob = me.BinaryField(required=True)
+    create_time = me.DateTimeField()
+
+    meta = {
+        "db_alias": "recorder",
+        "collection": "event_buckets",
+        "indexes": [
+            {"fields": ["seq_key"], "unique": True},
+            {"fields": ["time_key"]},
+            {"fields": ["pkey"], "unique": True},
+        ],
+    }
+
+
+class SequenceCounter(me.Document):  # type: ignore[misc]
+    """Per-ION arrival counter; one atomic ``$inc`` reserves a whole batch's sequences."""
+
+    key = me.StringField(required=True, unique=True)
+    value = me.IntField(default=0)
+    meta = {
+        "db_alias": "recorder",
+        "collection": "sequence_counters",
+        "indexes": [{"fields": ["key"], "unique": True}],
+    }
+
+
+class EventIdClaim(me.Document):  # type: ignore[misc]
+    """One per explicit event_id: the unique index is the dedup, ``bucket`` where it lives."""
+
+    key = me.StringField(required=True, unique=True)
+    sequence = me.IntField(required=True)
+    bucket = me.StringField(required=True)
+    meta = {
+        "db_alias": "recorder",
+        "collection": "event_ids",
+        "indexes": [{"fields": ["key"], "unique": True}],
+    }
+
+
+class CaptureDoc(me.Document):  # type: ignore[misc]
+    """A named marker over a window; it holds no events."""
+
+    key = me.StringField(required=True, unique=True)  # "<ion>:<capture>"
+    ion = me.StringField(required=True)
+    capture_id = me.StringField(required=True)
+    start_ms = me.IntField(required=True)
+    end_ms = me.IntField(required=True)
+    description = me.StringField(default="")
+    owner = me.StringField(default="")
+    project = me.StringField(default="")
+    imported_from = me.StringField(default="")
+    request_id = me.StringField(default="")
+    create_time = me.DateTimeField()
+    update_time = me.DateTimeField()
+    meta = {
+        "db_alias": "recorder",
+        "collection": "captures",
+        "indexes": [{"fields": ["key"], "unique": True}, {"fields": ["ion"]}],
+    }
+
+
+class RetentionDoc(me.Document):  # type: ignore[misc]
+    key = me.StringField(required=True, unique=True)  # the ION id
+    retention_days = me.IntField(required=True)
+    last_sweep_time = me.DateTimeField()
+    meta = {
+        "db_alias": "recorder",
+        "collection": "retention_policies",
+        "indexes": [{"fields": ["key"], "unique": True}],
+    }
+
+
+DOCUMENTS: tuple[type[me.Document], ...] = (
+    EventBucket,
+    SequenceCounter,
+    EventIdClaim,
+    CaptureDoc,
+    RetentionDoc,
+)
+
+
+# ---- blobs -------------------------------------------------------------------------------
+
+
+def encode_events(events: Sequence[event_pb2.Event]) -> bytes:
+    container = recorder_pb2.ListEventsResponse()
+    container.events.extend(events)
+    return zlib.compress(container.SerializeToString(), 1)
+
+
+def decode_events(blob: bytes) -> Any:
+    """The events of a bucket, in timeline order (a repeated field of Event)."""
+    container = recorder_pb2.ListEventsResponse()
+    container.ParseFromString(zlib.decompress(blob))
+    return container.events
+
+
+def _summary_list(values: Iterable[str]) -> list[str] | None:
+    distinct = sorted({v for v in values if v})
+    return distinct if len(distinct) <= SUMMARY_MAX else None
+
+
+def _summary(events: Sequence[event_pb2.Event]) -> dict[str, Any]:
+    """The pruning summary; ``events`` are in timeline order, so the ends bound the times."""
+    kinds: set[int] = set()
+    types: set[str] = set()
+    nodes: set[str] = set()
+    runs: set[str] = set()
+    traces: set[str] = set()
+    seqs: list[int] = []
+    for e in events:
+        kinds.add(e.kind)
+        types.add(e.type)
+        nodes.add(e.node)
+        runs.add(e.run)
+        traces.add(e.trace_id)
+        seqs.append(e.sequence)
+    return {
+        "first_seq": min(seqs),
+        "last_seq": max(seqs),
+        "min_ms": events[0].hlc.physical_ms,
+        "max_ms": events[-1].hlc.physical_ms,
+        "count": len(events),
+        "kinds": sorted(int(k) for k in kinds),
+        "types": _summary_list(types),
+        "nodes": _summary_list(nodes),
+        "runs": _summary_list(runs),
+        "traces": _summary_list(traces),
+    }
+
+
+def bucket_document(
+    ion: str, events: Sequence[event_pb2.Event], pkey: str, producer: str, now: dt.datetime
+) -> dict[str, Any]:
+    """The document of one bucket; ``events`` are in timeline order with sequences set."""
+    doc = _summary(events)
+    pseqs = [e.producer_sequence for e in events] if producer else [0]
+    level = level_of(doc["max_ms"] - doc["min_ms"])
+    doc.update(
+        ion=ion,
+        seq_key=seq_key(ion, doc["last_seq"]),
+        time_key=time_key(ion, level, doc["min_ms"], doc["last_seq"]),
+        level=level,
+        pkey=pkey,
+        producer=producer,
+        pfirst=min(pseqs),
+        plast=max(pseqs),
+        blob=Binary(encode_events(events)),
+        create_time=now,
+    )
+    return doc
+
+
+# ---- the store ---------------------------------------------------------------------------
+
+
+class Store:
+    """All reads and writes of the recorder's database."""
+
+    def __init__(self, config: Config) -> None:
+        if not config.mongodb_uri:
+            from relive.core.errors import FailedPrecondition
+
+            raise FailedPrecondition(
+                "RELIVE_MONGODB_URI is not set: start the stack with `relive up`, "
+                "or point the recorder at a MongoDB",
+                field="RELIVE_MONGODB_URI",
+            )
+        self.client: MongoClient[dict[str, Any]] = MongoClient(
+            config.mongodb_uri,
+            tz_aware=True,
+            uuidRepresentation="standard",
+            serverSelectionTimeoutMS=10_000,
+        )
+        self.db = self.client[config.database("recorder")]
+        self.buckets = self._collection(EventBucket)
+        self.counters = self._collection(SequenceCounter)
+        self.event_ids = self._collection(EventIdClaim)
+        self.captures = self._collection(CaptureDoc)
+        self.retention = self._collection(RetentionDoc)
+        self.ensure_indexes()
+
+    def _collection(self, doc: type[me.Document]) -> Collection[dict[str, Any]]:
+        return self.db[doc._meta["collection"]]
+
+    def ensure_indexes(self) -> None:
+        for doc in DOCUMENTS:
+            coll = self._collection(doc)
+            for spec in doc._meta.get("indexes", []):
+                coll.create_index(
+                    [(f, ASCENDING) for f in spec["fields"]], unique=bool(spec.get("unique"))
+                )
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- sequences
+
+    def reserve_sequences(self, ion: str, n: int) -> int:
+        """Reserves ``n`` sequences atomically; returns the first. Safe across processes."""
+        doc = self.counters.find_one_and_update(
+            {"key": ion},
+            {"$inc": {"value": n}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert doc is not None
+        return int(doc["value"]) - n + 1
+
+    def last_sequence(self, ion: str) -> int:
+        doc = self.counters.find_one({"key": ion})
+        return int(doc["value"]) if doc else 0
+
+    def ions(self) -> list[str]:
+        """Every ION that ever had an event (the counters collection is one doc per ION)."""
+        return sorted(str(d["key"]) for d in self.counters.find({}, {"key": 1}))
+
+    # -- buckets
+
+    def insert_buckets(self, docs: list[dict[str, Any]]) -> tuple[int, bool]:
+        """Inserts in order; returns (inserted, hit_duplicate_key)."""
+        if not docs:
+            return 0, False
+        try:
+            self.buckets.insert_many(docs, ordered=True)
+            return len(docs), False
+        except BulkWriteError as e:
+            codes = {err.get("code") for err in e.details.get("writeErrors", [])}
+            if codes - {11000}:
+                raise
+            return int(e.details.get("nInserted", 0)), True
+
+    def latest_producer_bucket(
+        self, ion: str, producer: str, upto_pseq: int
+    ) -> dict[str, Any] | None:
+        """The bucket of ``producer`` with the greatest first producer sequence <= upto_pseq."""
+        lo = producer_prefix(ion, producer)
+        hi = producer_key(ion, producer, upto_pseq)
+        docs = list(
+            self.buckets.find({"pkey": {"$gte": lo, "$lte": hi}}, {"plast": 1, "pkey": 1})
+            .sort("pkey", DESCENDING)
+            .limit(1)
+        )
+        return docs[0] if docs else None
+
+    def producer_buckets_desc(
+        self, ion: str, producer: str, upto_pseq: int
+    ) -> Iterator[dict[str, Any]]:
+        """Buckets of one producer whose first producer sequence <= ``upto_pseq``, newest first."""
+        lo = producer_prefix(ion, producer)
+        cond: dict[str, Any] = {"$gte": lo, "$lte": producer_key(ion, producer, upto_pseq)}
+        while True:
+            docs = list(self.buckets.find({"pkey": cond}).sort("pkey", DESCENDING).limit(4))
+            yield from docs
+            if len(docs) < 4:
+                return
+            cond = {"$gte": lo, "$lt": docs[-1]["pkey"]}
+
+    def _scan(
+        self,
+        field_name: str,
+        lo: str,
+        hi: str,
+        extra: dict[str, Any] | None = None,
+        first_chunk: int = 4,
+        max_chunk: int = 64,
+    ) -> Iterator[dict[str, Any]]:
+        """Docs with ``lo <= field < hi`` in key order, fetched in growing chunks with limits,
+        so a short read never makes the store materialise a long range."""
+        chunk = first_chunk
+        cond: dict[str, Any] = {"$gte": lo, "$lt": hi}
+        while True:
+            query = {field_name: cond, **(extra or {})}
+            docs = list(self.buckets.find(query).sort(field_name, ASCENDING).limit(chunk))
+            yield from docs
+            if len(docs) < chunk:
+                return
+            cond = {"$gt": docs[-1][field_name], "$lt": hi}
+            chunk = min(chunk * 2, max_chunk)
+
+    def buckets_by_time(
+        self,
+        ion: str,
+        level: int,
+        from_ms: int,
+        to_ms: int | None,
+        min_max_ms: int,
+        first_chunk: int = 4,
+    ) -> Iterator[dict[str, Any]]:
+        """Buckets of one level whose min time is in [from_ms, to_ms) and whose max time is
+        >= min_max_ms, by min time."""
+        hi = time_prefix(ion, level, to_ms) if to_ms is not None else f"{ion}:{level}:~"
+        extra = {"max_ms": {"$gte": min_max_ms}} if min_max_ms > 0 else None
+        return self._scan(
+            "time_key", time_prefix(ion, level, from_ms), hi, extra, first_chunk=first_chunk
+        )
+
+    def buckets_by_seq(
+        self, ion: str, after_seq: int, first_chunk: int = 4
+    ) -> Iterator[dict[str, Any]]:
+        """Buckets holding a sequence > ``after_seq``, in sequence order."""
+        return self._scan(
+            "seq_key", seq_key(ion, after_seq + 1), f"{ion}:~", first_chunk=first_chunk
+        )
+
+    def buckets_older_than(self, ion: str, level: int, cutoff_ms: int) -> Iterator[dict[str, Any]]:
+        """Buckets of one level whose min time is before ``cutoff_ms``."""
+        return self._scan("time_key", f"{ion}:{level}:", time_prefix(ion, level, cutoff_ms))
+
+    def delete_bucket(self, seq_key_value: str) -> None:
+        self.buckets.delete_one({"seq_key": seq_key_value})
+
+    def rewrite_bucket(
+        self, doc: dict[str, Any], events: Sequence[event_pb2.Event], now: dt.datetime
+    ) -> None:
+        """Keeps only ``events`` (a subset, in timeline order) of a bucket. seq_key and pkey
+        stay, as valid bounds; time_key moves up to the new min time at the same level."""
+        update = _summary(events)
+        level = int(doc.get("level", 0))
+        update.update(
+            time_key=time_key(doc["ion"], level, update["min_ms"], int(doc["last_seq"])),
+            blob=Binary(encode_events(events)),
+            rewrite_time=now,
+        )
+        # The sequence range keeps its upper end, which seq_key encodes.
+        update["last_seq"] = int(doc["last_seq"])
+        self.buckets.update_one({"seq_key": doc["seq_key"]}, {"$set": update})
+
+    def count_events(self, ion: str) -> int:
+        total = 0
+        for doc in self.buckets.find(
+            {"seq_key": {"$gte": f"{ion}:", "$lt": f"{ion}:~"}}, {"count": 1}
+        ):
+            total += int(doc.get("count", 0))
+        return total
+
+    # -- explicit event ids
+
+    def claim_event_ids(self, claims: list[dict[str, Any]]) -> set[int]:
+        """Inserts claims; returns the positions that were already claimed."""
+        if not claims:
+            return set()
+        try:
+            self.event_ids.insert_many(claims, ordered=False)
+            return set()
+        except BulkWriteError as e:
+            dup: set[int] = set()
+            for err in e.details.get("writeErrors", []):
+                if err.get("code") != 11000:
+                    raise
+                dup.add(int(err["index"]))
+            return dup
+
+    def event_id_claim(self, key: str) -> dict[str, Any] | None:
+        return self.event_ids.find_one({"key": key})
+
+    def take_over_claim(self, key: str, old_bucket: str, new_bucket: str, sequence: int) -> bool:
+        """Compare-and-swap a claim whose bucket never got written (its writer died)."""
+        result = self.event_ids.update_one(
+            {"key": key, "bucket": old_bucket},
+            {"$set": {"bucket": new_bucket, "sequence": sequence}},
+        )
+        return result.modified_count == 1
+
+    def bucket_exists(self, pkey: str) -> bool:
+        return self.buckets.find_one({"pkey": pkey}, {"_id": 1}) is not None
+
+    # -- captures
+
+    def insert_capture(self, doc: dict[str, Any]) -> bool:
+        try:
+            self.captures.insert_one(doc)
+            return True
+        except DuplicateKeyError:
+            return False
+
+    def get_capture(self, key: str) -> dict[str, Any] | None:
+        return self.captures.find_one({"key": key})
+
+    def list_captures(self, ion: str | None, after_key: str, limit: int) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"key": {"$gt": after_key}} if after_key else {}
+        if ion is not None:
+            query = {"key": {"$gt": max(after_key, f"{ion}:"), "$lt": f"{ion}:~"}}
+        return list(self.captures.find(query).sort("key", ASCENDING).limit(limit))
+
+    def captures_of(self, ion: str) -> list[dict[str, Any]]:
+        return list(self.captures.find({"key": {"$gt": f"{ion}:", "$lt": f"{ion}:~"}}))
+
+    def update_capture(self, key: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+        return self.captures.find_one_and_update(
+            {"key": key}, {"$set": changes}, return_document=ReturnDocument.AFTER
+        )
+
+    def delete_capture(self, key: str) -> bool:
+        return self.captures.delete_one({"key": key}).deleted_count == 1
+
+    # -- retention
+
+    def get_retention(self, ion: str) -> dict[str, Any] | None:
+        return self.retention.find_one({"key": ion})
+
+    def set_retention(self, ion: str, days: int) -> dict[str, Any]:
+        doc = self.retention.find_one_and_update(
+            {"key": ion},
+            {"$set": {"retention_days": days}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert doc is not None
+        return doc
+
+    def mark_swept(self, ion: str, when: dt.datetime, default_days: int) -> None:
+        self.retention.update_one(
+            {"key": ion},
+            {"$set": {"last_sweep_time": when}, "$setOnInsert": {"retention_days": default_days}},
+            upsert=True,
+        )
