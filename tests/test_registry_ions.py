@@ -115,3 +115,194 @@ def test_yaml_name_must_match_ion_id(stub: registry_pb2_grpc.RegistryServiceStub
     assert isinstance(err, InvalidArgument)
     assert err.field == "name"
     assert ":1:" in err.message
+
+
+def test_revisions_are_numbered_and_made_only_on_change(
+    stub: registry_pb2_grpc.RegistryServiceStub,
+) -> None:
+    stub.CreateIon(pb.CreateIonRequest(ion_id="app", definition_yaml=small("app")))
+    first = stub.GetRevision(pb.GetRevisionRequest(name="ions/app/revisions/1"))
+
+    # Same definition, other comments and layout: the latest revision comes back.
+    same = "# a comment\n" + small("app").replace("nodes:\n", "nodes:   # the graph\n")
+    again = stub.CreateRevision(pb.CreateRevisionRequest(parent="ions/app", definition_yaml=same))
+    assert again.revision_id == 1
+    assert again.definition_sha256 == first.definition_sha256
+    assert stub.GetIon(pb.GetIonRequest(name="ions/app")).latest_revision == 1
+
+    second = stub.CreateRevision(
+        pb.CreateRevisionRequest(parent="ions/app", definition_yaml=small("app", 0.95))
+    )
+    assert second.name == "ions/app/revisions/2"
+    assert second.definition_sha256 != first.definition_sha256
+    ion = stub.GetIon(pb.GetIonRequest(name="ions/app"))
+    assert ion.latest_revision == 2
+    assert ion.update_time.ToDatetime() >= ion.create_time.ToDatetime()
+
+    # Revisions are immutable: revision 1 still holds the first definition.
+    assert stub.GetRevision(pb.GetRevisionRequest(name="ions/app/revisions/1")) == first
+    latest = stub.GetRevision(pb.GetRevisionRequest(name="ions/app/revisions/latest"))
+    assert latest == second
+
+    # Going back to the first definition is a change too: revision 3.
+    third = stub.CreateRevision(
+        pb.CreateRevisionRequest(parent="ions/app", definition_yaml=small("app"))
+    )
+    assert third.revision_id == 3
+    assert third.definition_sha256 == first.definition_sha256
+
+    listed = stub.ListRevisions(pb.ListRevisionsRequest(parent="ions/app"))
+    assert [r.revision_id for r in listed.revisions] == [3, 2, 1]
+
+    # Paging, newest first.
+    page = stub.ListRevisions(pb.ListRevisionsRequest(parent="ions/app", page_size=2))
+    assert [r.revision_id for r in page.revisions] == [3, 2]
+    rest = stub.ListRevisions(
+        pb.ListRevisionsRequest(parent="ions/app", page_size=2, page_token=page.next_page_token)
+    )
+    assert [r.revision_id for r in rest.revisions] == [1]
+    assert rest.next_page_token == ""
+
+
+def test_retention_follows_the_latest_revision(stub: registry_pb2_grpc.RegistryServiceStub) -> None:
+    stub.CreateIon(pb.CreateIonRequest(ion_id="app", definition_yaml=small("app")))
+    text = small("app").replace("name: app\n", "name: app\nretention_days: 30\n")
+    stub.CreateRevision(pb.CreateRevisionRequest(parent="ions/app", definition_yaml=text))
+    assert stub.GetIon(pb.GetIonRequest(name="ions/app")).retention_days == 30
+
+
+def test_revision_of_a_missing_ion(stub: registry_pb2_grpc.RegistryServiceStub) -> None:
+    for call in (
+        lambda: stub.CreateRevision(
+            pb.CreateRevisionRequest(parent="ions/ghost", definition_yaml=small("ghost"))
+        ),
+        lambda: stub.GetRevision(pb.GetRevisionRequest(name="ions/ghost/revisions/latest")),
+        lambda: stub.ListRevisions(pb.ListRevisionsRequest(parent="ions/ghost")),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    stub.CreateIon(pb.CreateIonRequest(ion_id="app", definition_yaml=small("app")))
+    with pytest.raises(grpc.RpcError) as e:
+        stub.GetRevision(pb.GetRevisionRequest(name="ions/app/revisions/9"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_paging_tokens_stay_valid_while_ions_are_added(
+    stub: registry_pb2_grpc.RegistryServiceStub,
+) -> None:
+    for i in range(0, 20, 2):  # ion-00, ion-02, ... ion-18
+        stub.CreateIon(
+            pb.CreateIonRequest(ion_id=f"ion-{i:02d}", definition_yaml=small(f"ion-{i:02d}"))
+        )
+    first = stub.ListIons(pb.ListIonsRequest(page_size=3))
+    assert [i.name for i in first.ions] == ["ions/ion-00", "ions/ion-02", "ions/ion-04"]
+    assert first.next_page_token
+
+    # New IONs land before, inside and after the pages still to come.
+    for ion_id in ("aaa", "ion-01", "ion-05", "ion-07", "zzz"):
+        stub.CreateIon(pb.CreateIonRequest(ion_id=ion_id, definition_yaml=small(ion_id)))
+
+    seen = [i.name for i in first.ions]
+    token = first.next_page_token
+    while token:
+        page = stub.ListIons(pb.ListIonsRequest(page_size=3, page_token=token))
+        assert len(page.ions) <= 3
+        seen += [i.name for i in page.ions]
+        token = page.next_page_token
+    # No ION twice, none skipped that sorts after the first page, order kept.
+    assert len(seen) == len(set(seen))
+    assert seen == sorted(seen)
+    expected_after = sorted(
+        [f"ions/ion-{i:02d}" for i in range(6, 20, 2)] + ["ions/ion-05", "ions/ion-07", "ions/zzz"]
+    )
+    assert seen[3:] == expected_after
+    # The new ION that sorts before the token's position is on a fresh first page.
+    fresh = stub.ListIons(pb.ListIonsRequest(page_size=1000))
+    assert len(fresh.ions) == 15
+    assert fresh.ions[0].name == "ions/aaa"
+    assert fresh.next_page_token == ""
+
+
+def test_page_size_defaults_and_caps(stub: registry_pb2_grpc.RegistryServiceStub) -> None:
+    for i in range(55):
+        stub.CreateIon(pb.CreateIonRequest(ion_id=f"i{i:02d}", definition_yaml=small(f"i{i:02d}")))
+    page = stub.ListIons(pb.ListIonsRequest())
+    assert len(page.ions) == 50
+    rest = stub.ListIons(pb.ListIonsRequest(page_token=page.next_page_token))
+    assert len(rest.ions) == 5
+    assert len(stub.ListIons(pb.ListIonsRequest(page_size=5000)).ions) == 55
+
+
+def test_page_token_from_another_list_is_rejected(
+    stub: registry_pb2_grpc.RegistryServiceStub,
+) -> None:
+    stub.CreateIon(pb.CreateIonRequest(ion_id="app", definition_yaml=small("app")))
+    for text in (small("app", 0.5), small("app", 0.6)):
+        stub.CreateRevision(pb.CreateRevisionRequest(parent="ions/app", definition_yaml=text))
+    page = stub.ListRevisions(pb.ListRevisionsRequest(parent="ions/app", page_size=1))
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ListIons(pb.ListIonsRequest(page_token=page.next_page_token))
+    err = from_rpc_error(e.value)
+    assert isinstance(err, InvalidArgument)
+    assert err.field == "page_token"
+
+
+def test_create_ion_is_idempotent_with_a_request_id(
+    stub: registry_pb2_grpc.RegistryServiceStub,
+) -> None:
+    request = pb.CreateIonRequest(ion_id="app", definition_yaml=small("app"), request_id="req-1")
+    first = stub.CreateIon(request)
+    again = stub.CreateIon(request)
+    assert again == first
+    # Without the request id, a second create is a conflict.
+    with pytest.raises(grpc.RpcError) as e:
+        stub.CreateIon(pb.CreateIonRequest(ion_id="app", definition_yaml=small("app")))
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    # Another request id for the same ION is a conflict too.
+    with pytest.raises(grpc.RpcError) as e:
+        stub.CreateIon(
+            pb.CreateIonRequest(ion_id="app", definition_yaml=small("app"), request_id="req-2")
+        )
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_create_revision_is_idempotent_with_a_request_id(
+    stub: registry_pb2_grpc.RegistryServiceStub,
+) -> None:
+    stub.CreateIon(pb.CreateIonRequest(ion_id="app", definition_yaml=small("app")))
+    v2 = pb.CreateRevisionRequest(
+        parent="ions/app", definition_yaml=small("app", 0.8), request_id="r2"
+    )
+    first = stub.CreateRevision(v2)
+    assert first.revision_id == 2
+    # A third definition moves the ION on...
+    stub.CreateRevision(
+        pb.CreateRevisionRequest(parent="ions/app", definition_yaml=small("app", 0.7))
+    )
+    # ...yet a repeat of the second request still answers revision 2, and makes nothing.
+    assert stub.CreateRevision(v2) == first
+    assert stub.GetIon(pb.GetIonRequest(name="ions/app")).latest_revision == 3
+
+
+def test_concurrent_repeats_of_one_request_make_one_ion(
+    stub: registry_pb2_grpc.RegistryServiceStub,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    request = pb.CreateIonRequest(ion_id="app", definition_yaml=small("app"), request_id="same")
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: stub.CreateIon(request), range(6)))
+    assert {r.name for r in results} == {"ions/app"}
+    assert stub.GetIon(pb.GetIonRequest(name="ions/app")).latest_revision == 1
+
+
+def test_request_id_after_delete_creates_afresh(
+    stub: registry_pb2_grpc.RegistryServiceStub,
+) -> None:
+    request = pb.CreateIonRequest(ion_id="app", definition_yaml=small("app"), request_id="r")
+    stub.CreateIon(request)
+    stub.DeleteIon(pb.DeleteIonRequest(name="ions/app"))
+    again = stub.CreateIon(request)
+    assert again.latest_revision == 1
+    assert stub.GetIon(pb.GetIonRequest(name="ions/app")) == again

@@ -27,7 +27,7 @@ from relive.registry.v1 import registry_pb2_grpc
 
 T = TypeVar("T")
 
-CHUNK_SIZE = 1024 * 1024
+CHUNK_SIZE = 256 * 1024
 TRANSFER_TIMEOUT_S = 3600.0
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from relive.core import names
-from relive.core.errors import AlreadyExists, InvalidArgument, NotFound
+from relive.core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from relive.registry import definition
 from relive.registry.model import CodeRef, Ion, Lineage, ModelVersion, Page, Revision
 from relive.registry.store import RegistryStore
@@ -95,23 +96,40 @@ class RegistryService:
             definition_yaml, source=source_path, ion_id=ion_id, code_path=self.code_path
         )
         now = _now()
+        # Claim the request id first, so concurrent repeats wait for one create.
+        if request_id and not self.store.claim(request_key, f"ions/{ion_id}", now):
+            return self._await_ion(request_key)
         try:
             self.store.insert_ion(ion_id, self.project, parsed["retention_days"], now)
         except AlreadyExists:
-            if request_id and (earlier := self._recalled_ion(request_key)):
-                return earlier
+            if request_id:
+                self.store.forget(request_key)
             raise
         self.store.drop_counter(f"rev:{ion_id}")
         self._add_revision(ion_id, parsed, definition_yaml, source_path, refs, now)
-        if request_id:
-            self.store.remember(request_key, f"ions/{ion_id}", now)
         return self._ion(ion_id)
+
+    def _await_ion(self, request_key: str, timeout: float = 30.0) -> Ion:
+        """The ION that another call with the same request id is creating."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            name = self.store.recall(request_key)
+            if name is None:
+                break  # that call failed; so does this repeat of it
+            ion = self.store.get_ion(name.removeprefix("ions/"))
+            if ion is not None and ion.latest_revision > 0:
+                return ion
+            time.sleep(0.02)
+        raise Aborted("a create with the same request_id did not finish; retry")
 
     def _recalled_ion(self, request_key: str) -> Ion | None:
         name = self.store.recall(request_key)
         if name is None:
             return None
-        return self.store.get_ion(name.removeprefix("ions/"))
+        ion = self.store.get_ion(name.removeprefix("ions/"))
+        if ion is not None and ion.latest_revision == 0:
+            return self._await_ion(request_key)
+        return ion
 
     def _ion(self, ion_id: str) -> Ion:
         ion = self.store.get_ion(ion_id)
@@ -274,18 +292,18 @@ class RegistryService:
                 digest.update(chunk)
                 size += len(chunk)
                 upload.write(chunk)
-            upload.close()
+            file_id = upload.close()
         except BaseException:
             upload.abort()
             raise
         sha = digest.hexdigest()
         if expected and expected != sha:
-            self.store.discard_upload(upload._id)
+            self.store.discard_upload(file_id)
             raise InvalidArgument(
                 f"the bytes' sha256 is {sha}, not the expected {expected}",
                 field="header.expected_sha256",
             )
-        self.store.keep_blob(sha, upload._id, size)
+        self.store.keep_blob(sha, file_id, size)
         now = _now()
         mv = ModelVersion(
             model_id=model_id,

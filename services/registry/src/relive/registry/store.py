@@ -15,7 +15,7 @@ from typing import Any
 
 import gridfs
 import mongoengine
-from bson import ObjectId
+from bson import Binary, ObjectId
 from mongoengine import (
     DictField,
     Document,
@@ -40,6 +40,7 @@ from relive.registry.model import (
 
 ALIAS = "registry"
 BUCKET = "models"
+GRIDFS_CHUNK = 1024 * 1024
 
 
 def _ms(value: datetime) -> int:
@@ -165,7 +166,7 @@ class RequestDoc(Document):
     meta = {
         "db_alias": ALIAS,
         "collection": "requests",
-        "indexes": [{"fields": ["key"], "unique": True}],
+        "indexes": [{"fields": ["key"], "unique": True}, "result"],
     }
     key = StringField(required=True)
     result = StringField(required=True)
@@ -182,18 +183,71 @@ class CounterDoc(Document):
     value = IntField(default=0)
 
 
+class BlobWriter:
+    """Writes one GridFS file (the standard ``files``/``chunks`` layout), a chunk at a time.
+
+    pymongo's ``GridIn`` buffers up to 48 MB of chunks before it inserts them, which would
+    hold most of a large model in memory; this writer keeps at most one chunk.
+    """
+
+    def __init__(self, db: Any, filename: str, chunk_size: int = GRIDFS_CHUNK) -> None:
+        self._files = db[f"{BUCKET}.files"]
+        self._chunks = db[f"{BUCKET}.chunks"]
+        self.file_id = ObjectId()
+        self.filename = filename
+        self.chunk_size = chunk_size
+        self.length = 0
+        self._n = 0
+        self._pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._pending += data
+        self.length += len(data)
+        while len(self._pending) >= self.chunk_size:
+            self._put(bytes(self._pending[: self.chunk_size]))
+            del self._pending[: self.chunk_size]
+
+    def _put(self, data: bytes) -> None:
+        self._chunks.insert_one({"files_id": self.file_id, "n": self._n, "data": Binary(data)})
+        self._n += 1
+
+    def close(self) -> ObjectId:
+        if self._pending:
+            self._put(bytes(self._pending))
+            self._pending.clear()
+        self._files.insert_one(
+            {
+                "_id": self.file_id,
+                "length": self.length,
+                "chunkSize": self.chunk_size,
+                "uploadDate": datetime.now(UTC),
+                "filename": self.filename,
+            }
+        )
+        return self.file_id
+
+    def abort(self) -> None:
+        self._chunks.delete_many({"files_id": self.file_id})
+        self._files.delete_many({"_id": self.file_id})
+
+
 class RegistryStore:
     """Queries over the documents above, returning domain values."""
 
     def __init__(self) -> None:
         for doc in (IonDoc, RevisionDoc, ModelVersionDoc, BlobDoc, RequestDoc, CounterDoc):
             doc.ensure_indexes()
+        chunks = self._db()[f"{BUCKET}.chunks"]
+        # The GridFS standard index, and a single-field one the embedded store can use.
+        chunks.create_index([("files_id", 1), ("n", 1)], unique=True)
+        chunks.create_index("files_id")
+        self._db()[f"{BUCKET}.files"].create_index([("filename", 1), ("uploadDate", 1)])
 
     def _db(self) -> Any:
         return mongoengine.get_db(ALIAS)
 
     def _bucket(self) -> gridfs.GridFSBucket:
-        return gridfs.GridFSBucket(self._db(), bucket_name=BUCKET)
+        return gridfs.GridFSBucket(self._db(), bucket_name=BUCKET, chunk_size_bytes=GRIDFS_CHUNK)
 
     # ------------------------------------------------------------------ counters, requests
 
@@ -219,6 +273,17 @@ class RegistryStore:
     def recall(self, key: str) -> str | None:
         doc = RequestDoc.objects(key=key).first()
         return str(doc.result) if doc else None
+
+    def claim(self, key: str, result: str, now: datetime) -> bool:
+        """Records a request id before its work; False when another call holds it."""
+        try:
+            RequestDoc(key=key, result=result, create_ms=_ms(now)).save(force_insert=True)
+        except mongoengine.NotUniqueError:
+            return False
+        return True
+
+    def forget(self, key: str) -> None:
+        RequestDoc.objects(key=key).delete()
 
     def remember(self, key: str, result: str, now: datetime) -> str:
         """Records a request's result; when another got there first, returns that one's."""
@@ -266,6 +331,8 @@ class RegistryStore:
     def delete_ion(self, ion_id: str) -> bool:
         deleted = IonDoc.objects(ion_id=ion_id).delete()
         RevisionDoc.objects(ion_id=ion_id).delete()
+        # A repeat of the create that made it must not answer with a deleted ION.
+        RequestDoc.objects(result=f"ions/{ion_id}").delete()
         self.drop_counter(f"rev:{ion_id}")
         return bool(deleted)
 
@@ -300,8 +367,8 @@ class RegistryStore:
 
     # -------------------------------------------------------------------- model versions
 
-    def open_upload(self, model_id: str) -> gridfs.GridIn:
-        return self._bucket().open_upload_stream(f"models/{model_id}")
+    def open_upload(self, model_id: str) -> BlobWriter:
+        return BlobWriter(self._db(), f"models/{model_id}")
 
     def keep_blob(self, sha256: str, file_id: ObjectId, size_bytes: int) -> ObjectId:
         """Stores the bytes once per sha256: a duplicate upload is deleted in favour of the
@@ -358,10 +425,29 @@ class RegistryStore:
         return [d.to_domain() for d in query.limit(limit)]
 
     def read_blob(self, sha256: str, chunk_size: int) -> Iterator[bytes]:
-        """The bytes of a blob, ``chunk_size`` at a time, never all at once."""
+        """The bytes of a blob, ``chunk_size`` at a time, never all at once.
+
+        GridFS chunks are fetched one query each, not through ``GridOut``: the embedded store
+        answers a cursor with every remaining document in one reply, which for a large model
+        means the whole model in memory (and past 48 MB, a protocol error).
+        """
         blob = BlobDoc.objects(sha256=sha256).first()
         if blob is None:
             raise FileNotFoundError(sha256)
-        with self._bucket().open_download_stream(blob.file_id) as stream:
-            while chunk := stream.read(chunk_size):
-                yield chunk
+        db = self._db()
+        meta = db[f"{BUCKET}.files"].find_one({"_id": blob.file_id})
+        if meta is None:
+            raise FileNotFoundError(sha256)
+        chunks = db[f"{BUCKET}.chunks"]
+        count = -(-int(meta["length"]) // int(meta["chunkSize"]))
+        pending = bytearray()
+        for n in range(count):
+            doc = chunks.find_one({"files_id": blob.file_id, "n": n})
+            if doc is None:
+                raise FileNotFoundError(f"{sha256}: chunk {n} of {count} is missing")
+            pending += doc["data"]
+            while len(pending) >= chunk_size:
+                yield bytes(pending[:chunk_size])
+                del pending[:chunk_size]
+        if pending:
+            yield bytes(pending)
