@@ -26,15 +26,22 @@ from relive.client.channel import connect_channel
 from relive.client.recorder import EventSink
 from relive.core.config import Config
 from relive.core.serving import Server
+from relive.executor.v1 import executor_pb2
 from relive.hlc import HybridLogicalClock, Stamp, wall_ms
 from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
 from relive.registry.v1 import registry_pb2, registry_pb2_grpc
+from tests import executor_fixtures
+from tests.executor_fixtures import Stack
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO / "clients" / "node"
 SCORE = NODE_DIR / "examples" / "score.js"
 NODE = shutil.which("node")
 NPM = shutil.which("npm")
+
+# The executor's fixtures: one Ray per session, and a full stack per test.
+ray_session = executor_fixtures.ray_session
+stack = executor_fixtures.stack
 
 pytestmark = pytest.mark.skipif(
     NODE is None, reason="node is not on PATH: the Node.js client (clients/node) is not tested"
@@ -404,3 +411,65 @@ def test_node_client_speaks_tls_with_a_bearer_token(
         assert "UNAUTHENTICATED" in anonymous.stderr, anonymous.stderr
     finally:
         server.stop(0.5)
+
+
+RUN_ION_YAML = """\
+name: polyglot-run
+nodes:
+  train:
+    pipeline:
+      components:
+        load: {call: examples.patterns.steps:load, params: {dataset: iris}}
+        score:
+          command: [node, clients/node/examples/score.js]
+          after: [load]
+          params: {rows: [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]], weights: [0.5, 0.25]}
+"""
+
+
+def test_node_command_component_in_a_run(node_modules: Path, stack: Stack, tmp_path: Path) -> None:
+    """The executor launches the Node component as a command; its events land in the run,
+    inside the component's own lifecycle, after the Python component it runs after."""
+    ion_file = tmp_path / "ion.yaml"
+    ion_file.write_text(RUN_ION_YAML)
+    ion = stack.register(ion_file)
+    run = stack.run_to_end(ion, timeout=240)
+    assert run.state == executor_pb2.RUN_STATE_SUCCEEDED, run.error_message
+
+    timeline = list(stack.recorder.list_events(ion, order="timeline"))
+    node_events = [e for e in timeline if e.producer_id.startswith("node-")]
+    assert [e.type for e in node_events] == [
+        "component.started",
+        "model.loaded",
+        "stat",
+        "stat",
+        "predictions.digest",
+        "log",
+        "component.finished",
+    ]
+    assert all(
+        (e.run, e.node, e.component, e.trace_id) == (run.name, "train", "score", run.trace_id)
+        for e in node_events
+    )
+    assert [e.producer_sequence for e in node_events] == list(range(1, 8))
+    digest = hashlib.sha256(
+        json.dumps({"kind": "linear", "weights": WEIGHTS}, separators=(",", ":")).encode()
+    ).hexdigest()
+    assert [e.model.sha256 for e in node_events if e.HasField("model")] == [digest]
+
+    def position(pred: Any) -> int:
+        return next(i for i, e in enumerate(timeline) if pred(e))
+
+    first_node = timeline.index(node_events[0])
+    last_node = timeline.index(node_events[-1])
+    python = [e for e in timeline if not e.producer_id.startswith("node-")]
+    load_finished = position(
+        lambda e: e in python and e.component == "load" and e.type == "component.finished"
+    )
+    score_started = position(
+        lambda e: e in python and e.component == "score" and e.type == "component.started"
+    )
+    score_finished = position(
+        lambda e: e in python and e.component == "score" and e.type == "component.finished"
+    )
+    assert load_finished < score_started < first_node <= last_node < score_finished
