@@ -1,0 +1,1 @@
+"""The relive console: a web page over the timeline, served by ``relive console``."""
