@@ -529,3 +529,12 @@ def test_revision_validation_names_the_line_too(stub: Stub) -> None:
     assert err.field == "edges.1.to"
     assert err.message.startswith("v2.yaml:18:")
     assert stub.GetIon(pb.GetIonRequest(name="ions/app")).latest_revision == 1
+
+
+def test_calls_into_installed_packages_resolve_without_importing(stub: Stub) -> None:
+    text = GOOD.replace("examples.churn.steps:score", "sklearn.linear_model:LogisticRegression")
+    stub.CreateIon(pb.CreateIonRequest(ion_id="app", definition_yaml=text))
+    bad = GOOD.replace("examples.churn.steps:score", "sklearn.linear_model:NoSuchModel")
+    err = create_error(stub, bad.replace("name: app\n", ""), "other")
+    assert err.field == "nodes.infer.pipeline.components.score.call"
+    assert "no top-level 'NoSuchModel'" in err.message

@@ -97,7 +97,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     with _client() as client:
         ion = client.get_ion(args.ion)
-        rev = client.get_revision(args.ion, args.revision if args.revision else "latest")
+        rev = client.get_revision(args.ion, "latest" if args.revision is None else args.revision)
     if args.json:
         emit_json({"ion": to_dict(ion), "revision": to_dict(rev)})
         return 0

@@ -21,7 +21,7 @@ import grpc
 import yaml
 
 from relive.client.channel import DEFAULT_TIMEOUT_S, call
-from relive.errors import NotFound
+from relive.errors import AlreadyExists, NotFound
 from relive.registry.v1 import registry_pb2 as pb
 from relive.registry.v1 import registry_pb2_grpc
 
@@ -117,9 +117,12 @@ class RegistryClient:
         try:
             ion = self.get_ion(ion_id)
         except NotFound:
-            ion = self.create_ion(ion_id, text, source_path=str(path), code_refs=refs)
-            revision = self.get_revision(ion_id, "latest")
-            return Registration(ion, revision, created=True, new_revision=True)
+            try:
+                ion = self.create_ion(ion_id, text, source_path=str(path), code_refs=refs)
+                revision = self.get_revision(ion_id, "latest")
+                return Registration(ion, revision, created=True, new_revision=True)
+            except AlreadyExists:
+                ion = self.get_ion(ion_id)  # someone registered it meanwhile
         revision = self.create_revision(ion_id, text, source_path=str(path), code_refs=refs)
         new = revision.revision_id > ion.latest_revision
         return Registration(self.get_ion(ion_id), revision, created=False, new_revision=new)

@@ -697,7 +697,9 @@ def check_call(call: str, code_path: Sequence[str], error: Any) -> None:
     if not CALL.match(call):
         raise error(f"{call!r} is not of the form 'package.module:function'")
     module, attr = call.split(":")
-    origin = find_module_file(module, code_path)
+    # The code path first, then the registry's own environment (installed packages).
+    origin = find_module_file(module, code_path) if code_path else None
+    origin = origin or find_module_file(module, ())
     if origin is None:
         where = ", ".join(code_path) or "the registry's code path"
         raise error(f"cannot import {call!r}: no module {module!r} on the code path ({where})")

@@ -109,7 +109,7 @@ class RegistryService:
         self._add_revision(ion_id, parsed, definition_yaml, source_path, refs, now)
         return self._ion(ion_id)
 
-    def _await_ion(self, request_key: str, timeout: float = 30.0) -> Ion:
+    def _await_ion(self, request_key: str, timeout: float = 10.0) -> Ion:
         """The ION that another call with the same request id is creating."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -120,6 +120,10 @@ class RegistryService:
             if ion is not None and ion.latest_revision > 0:
                 return ion
             time.sleep(0.02)
+        else:
+            # The claimant died between claiming and creating: release its claim, so the
+            # client's retry (ABORTED is retried) creates the ION.
+            self.store.forget(request_key)
         raise Aborted("a create with the same request_id did not finish; retry")
 
     def _recalled_ion(self, request_key: str) -> Ion | None:
