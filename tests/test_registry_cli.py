@@ -265,3 +265,12 @@ def test_reflection_lists_the_services(registry_server: Server) -> None:
         check=True,
     )
     assert json.loads(listed.stdout or "{}") == {}
+
+
+@pytest.mark.parametrize(
+    "path", sorted(REPO.glob("examples/*/ion.yaml")), ids=lambda p: p.parent.name
+)
+def test_every_example_registers(registry_channel: grpc.Channel, path: Path) -> None:
+    done = RegistryClient(registry_channel).register(path)
+    assert done.created
+    assert done.revision.definition.nodes
