@@ -13,12 +13,12 @@ const RUN_COLORS = {
 };
 // Individual events are fetched when the window holds at most this many.
 const ZOOM_EVENTS = 3000;
-const GUTTER = 150, AXIS = 26, RUN_ROW = 12, LANE = 42;
+const GUTTER = 150, AXIS = 26, RUN_ROW = 12, LANE = 64;
 
 const S = {
   ions: [], ion: null, view: null, hist: null, events: null, selection: null,
   live: null, liveTimer: null, captures: [], hits: [], loading: 0, seq: 0,
-  replay: null, relaunch: null, hover: null, drag: null,
+  replay: null, relaunch: null, hover: null, drag: null, tab: "events",
 };
 
 const $ = (sel) => document.querySelector(sel);
@@ -144,8 +144,8 @@ async function loadView() {
       events = got.events;
     }
     S.events = events;
-    $("#counts").textContent = `${hist.total.toLocaleString()} events in window` +
-      (events ? "" : ` · drawn as a histogram (${hist.buckets} buckets)`) +
+    $("#counts").textContent = `${hist.total.toLocaleString()} events` +
+      (events ? "" : ` · histogram of ${hist.buckets} buckets`) +
       (hist.caught_up ? "" : " · indexing…");
     draw();
     renderEvents();
@@ -214,6 +214,7 @@ function draw() {
   const { c, ls } = L;
   const dpr = window.devicePixelRatio || 1;
   const laneH = Math.max(22, Math.min(LANE, (L.h - L.top - 6) / Math.max(1, ls.length)));
+  // Fill the height when there are few lanes; lanes never shrink below 22 px.
   L.laneH = laneH;
   if (c.width !== Math.round(L.w * dpr) || c.height !== Math.round(L.h * dpr)) {
     c.width = Math.round(L.w * dpr); c.height = Math.round(L.h * dpr);
@@ -358,7 +359,7 @@ function draw() {
   }
 
   // replay: the playback clock, with what has not been replayed yet dimmed
-  if (S.replay && S.replay.capture.ion === S.ion.name) {
+  if (S.replay && S.replay.capture.ion === S.ion.name && S.tab === "replay") {
     const t = replayClock();
     const x = xOf(t, L), xe = xOf(S.replay.capture.end, L);
     g.fillStyle = "rgba(255,255,255,0.6)";
@@ -512,9 +513,10 @@ async function createCapture() {
       method: "POST",
       body: { ion: S.ion.name, id, start: sel.start, end: sel.end, description: $("#capture-description").value },
     });
-    $("#capture-status").textContent = `created ${cap.name}`;
     $("#capture-id").value = "";
     $("#capture-description").value = "";
+    S.selection = null;
+    showSelection();
     await loadCaptures();
     selectCapture(cap.name);
   } catch (e) {
@@ -550,6 +552,8 @@ function eventRow(e, withRun = true) {
 // ---- details
 
 function tab(name) {
+  S.tab = name;
+  if (S.hist) requestAnimationFrame(draw);
   document.querySelectorAll("#tabs button").forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
   document.querySelectorAll(".panel").forEach((p) => p.classList.toggle("active", p.id === `panel-${name}`));
 }
