@@ -308,8 +308,12 @@ def test_5_export_it(env: Env, page: Any, tmp_path: Path) -> None:
     link = page.locator(
         f'#capture-list li[data-capture="{_capture_name(env)}"] [data-action=export]'
     )
-    with page.expect_download(timeout=120_000) as download:
-        link.click()
+    try:
+        with page.expect_download(timeout=120_000) as download:
+            link.click()
+    except playwright_api.TimeoutError:
+        toast = page.inner_text("#toast") if page.is_visible("#toast") else ""
+        raise AssertionError(f"no download; the page says: {toast!r}") from None
     target = tmp_path / download.value.suggested_filename
     download.value.save_as(target)
     assert target.name == "incident-1.tar.gz"

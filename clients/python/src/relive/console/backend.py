@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -23,6 +24,9 @@ from relive.registry.v1 import registry_pb2, registry_pb2_grpc
 MAX_LIST = 5000
 MAX_TRACE_EVENTS = 2000
 STREAM_TIMEOUT_S = 24 * 3600.0
+# An ION nobody looked at for this long loses its index (and its watch) until asked again;
+# a rebuilt index also forgets what retention deleted meanwhile.
+INDEX_IDLE_S = 600.0
 
 
 def to_dict(message: Message) -> dict[str, Any]:
@@ -206,7 +210,13 @@ class Backend:
 
     def index(self, ion: str, wait_s: float = 0.0) -> TimelineIndex:
         name = ion_name(ion)
+        now = time.monotonic()
+        idle: list[IndexFeeder] = []
         with self._lock:
+            for key, (other, feeder) in list(self._indexes.items()):
+                if key != name and now - other.touched > INDEX_IDLE_S and not other.has_subscribers:
+                    idle.append(feeder)
+                    del self._indexes[key]
             found = self._indexes.get(name)
             if found is None:
                 index = TimelineIndex(name)
@@ -217,6 +227,9 @@ class Backend:
                 feeder.start()
             else:
                 index = found[0]
+            index.touched = now
+        for feeder in idle:
+            feeder.stop()
         if wait_s:
             index.wait_caught_up(wait_s)
         return index

@@ -186,6 +186,10 @@ class TimelineIndex:
             self._subscribers.append(q)
         return q
 
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self._subscribers)
+
     def unsubscribe(self, q: queue.Queue[list[dict[str, Any]] | None]) -> None:
         with self._lock:
             if q in self._subscribers:

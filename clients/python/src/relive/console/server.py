@@ -405,6 +405,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             # The first message is read before any header, so a bad capture is a JSON error.
             first = next(stream, None)
+            if _str(q, "probe") == "1":
+                self._json({"ok": True, "capture": name})
+                return
             filename = name.rsplit("/", 1)[-1] + ".tar.gz"
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "application/gzip")

@@ -614,6 +614,32 @@ function renderTrace(trace, current) {
 
 // ---- captures
 
+let toastTimer = null;
+function toast(text, isError = false) {
+  const t = $("#toast");
+  t.textContent = text;
+  t.className = isError ? "error" : "";
+  t.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { t.hidden = true; }, isError ? 12000 : 4000);
+}
+
+// Export links ask the server first, so a failure reads as a message instead of a broken
+// download; then the browser downloads the .tar.gz as it streams through.
+async function exportCapture(ev) {
+  const a = ev.currentTarget;
+  if (a.dataset.checked === "1") { a.dataset.checked = ""; return; }
+  ev.preventDefault();
+  toast(`exporting ${a.getAttribute("download")}…`);
+  try {
+    await api(`${a.getAttribute("href")}&probe=1`);
+    a.dataset.checked = "1";
+    a.click();
+  } catch (e) {
+    toast(`export failed: ${e.message}`, true);
+  }
+}
+
 async function loadCaptures() {
   try {
     const { captures } = await api("/api/captures");
@@ -639,7 +665,7 @@ function renderCaptures() {
       el("div", { class: "actions" },
         el("button", { text: "Show", "data-action": "show", onclick: () => showCapture(c) }),
         el("button", { text: "Replay", "data-action": "replay", onclick: () => openReplay(c) }),
-        el("a", { class: "button", text: "Export", href: exportHref, download: `${c.id}.tar.gz`, "data-action": "export" }),
+        el("a", { class: "button", text: "Export", href: exportHref, download: `${c.id}.tar.gz`, "data-action": "export", onclick: exportCapture }),
         el("button", { text: "Relaunch", "data-action": "relaunch", onclick: () => openRelaunch(c) }))));
   }
 }
@@ -794,6 +820,23 @@ function openRelaunch(c) {
   $("#verify-summary").replaceChildren();
   $("#relaunch").dataset.verification = "";
   selectCapture(c.name);
+  renderPipelineChoice(c);
+}
+
+async function renderPipelineChoice(c) {
+  const box = $("#relaunch-pipelines");
+  box.replaceChildren();
+  let ion = S.ion && S.ion.name === c.ion ? S.ion : null;
+  if (!ion) {
+    try { ion = await api(`/api/ions/${encodeURIComponent(c.ion.replace(/^ions\//, ""))}`); } catch (e) { return; }
+  }
+  const pipelines = ion.nodes.filter((n) => n.kind === "pipeline");
+  if (!pipelines.length) return;
+  box.append(el("span", { text: "re-execute only:" }));
+  for (const n of pipelines) {
+    box.append(el("label", {}, el("input", { type: "checkbox", value: n.node, class: "pipeline-choice" }), ` ${n.node}`));
+  }
+  box.append(el("span", { text: "(none checked: the whole ION; the others reuse their recorded models)" }));
 }
 
 async function relaunchAndVerify() {
@@ -803,7 +846,8 @@ async function relaunchAndVerify() {
   $("#relaunch-error").hidden = true;
   $("#verify-summary").replaceChildren();
   try {
-    let run = await api("/api/relaunch", { method: "POST", body: { capture: R.capture.name } });
+    const pipelines = [...document.querySelectorAll(".pipeline-choice:checked")].map((i) => i.value);
+    let run = await api("/api/relaunch", { method: "POST", body: { capture: R.capture.name, pipelines } });
     R.run = run;
     $("#relaunch-run").textContent = run.name + (run.relaunch_of ? `  (relaunch of ${shortRun(run.relaunch_of)})` : "");
     while (!run.is_terminal) {
@@ -922,6 +966,7 @@ function installControls() {
   seek.addEventListener("input", () => { S.seeking = true; });
   seek.addEventListener("change", () => { S.seeking = false; seekReplay(Number(seek.value) / 1000); });
   $("#relaunch-go").addEventListener("click", relaunchAndVerify);
+  $("#replay-export").addEventListener("click", exportCapture);
 }
 
 async function main() {
