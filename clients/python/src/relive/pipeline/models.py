@@ -6,6 +6,7 @@ Pipeline code depends on the :class:`ModelStore` protocol; in a run it is the re
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import re
 import threading
@@ -33,7 +34,17 @@ class ModelStore(Protocol):
 
 
 def dumps(model: Any) -> bytes:
-    return pickle.dumps(model, protocol=5)
+    """Pickles without the memo, so the bytes depend on the model's values only, not on which
+    equal objects happen to be shared in this process (dtypes, strings); equal models then
+    have equal sha256s across processes. Self-referencing objects fall back to plain pickle."""
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=4)
+    pickler.fast = True  # no memo: shared objects are written out each time
+    try:
+        pickler.dump(model)
+    except (RecursionError, ValueError):
+        return pickle.dumps(model, protocol=4)
+    return buf.getvalue()
 
 
 def loads(data: bytes) -> Any:

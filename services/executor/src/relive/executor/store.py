@@ -21,7 +21,7 @@ TERMINAL = {
 }
 
 
-class RunDoc(me.Document):
+class ExecutorRunDoc(me.Document):
     meta = {
         "db_alias": ALIAS,
         "collection": "runs",
@@ -35,7 +35,7 @@ class RunDoc(me.Document):
     data = me.BinaryField(required=True)
 
 
-class CounterDoc(me.Document):
+class ExecutorCounterDoc(me.Document):
     meta = {"db_alias": ALIAS, "collection": "counters"}
     key = me.StringField(required=True, unique=True)
     value = me.IntField(default=0)
@@ -44,51 +44,51 @@ class CounterDoc(me.Document):
 class RunStore:
     def next_number(self, key: str) -> int:
         """An atomic per-key counter: 1, 2, 3, ..."""
-        doc = CounterDoc._get_collection().find_one_and_update(
+        doc = ExecutorCounterDoc._get_collection().find_one_and_update(
             {"key": key}, {"$inc": {"value": 1}}, upsert=True,
             return_document=ReturnDocument.AFTER,
         )
         return int(doc["value"])
 
     def create(self, run: executor_pb2.Run, ion: str, number: int, request_key: str = "") -> None:
-        doc = RunDoc(name=run.name, ion=ion, number=number, state=int(run.state),
+        doc = ExecutorRunDoc(name=run.name, ion=ion, number=number, state=int(run.state),
                      data=run.SerializeToString())
         if request_key:
             doc.request_key = request_key
         doc.save(force_insert=True)
 
     def save(self, run: executor_pb2.Run) -> None:
-        RunDoc.objects(name=run.name).update_one(
+        ExecutorRunDoc.objects(name=run.name).update_one(
             set__state=int(run.state), set__data=run.SerializeToString()
         )
 
     def get(self, name: str) -> executor_pb2.Run | None:
-        doc = RunDoc.objects(name=name).first()
+        doc = ExecutorRunDoc.objects(name=name).first()
         return _load(doc) if doc else None
 
     def by_request(self, request_key: str) -> executor_pb2.Run | None:
-        doc = RunDoc.objects(request_key=request_key).first()
+        doc = ExecutorRunDoc.objects(request_key=request_key).first()
         return _load(doc) if doc else None
 
     def list(self, ion: str, limit: int, before_number: int | None = None
              ) -> list[tuple[int, executor_pb2.Run]]:
         """Newest first."""
-        query = RunDoc.objects(ion=ion)
+        query = ExecutorRunDoc.objects(ion=ion)
         if before_number is not None:
             query = query.filter(number__lt=before_number)
         docs = sorted(query, key=lambda d: -int(d.number))[:limit]
         return [(int(d.number), _load(d)) for d in docs]
 
     def all_of(self, ion: str) -> Iterator[executor_pb2.Run]:
-        for doc in sorted(RunDoc.objects(ion=ion), key=lambda d: -int(d.number)):
+        for doc in sorted(ExecutorRunDoc.objects(ion=ion), key=lambda d: -int(d.number)):
             yield _load(doc)
 
     def unfinished(self) -> list[executor_pb2.Run]:
-        docs = RunDoc.objects(state__nin=[int(s) for s in TERMINAL])
+        docs = ExecutorRunDoc.objects(state__nin=[int(s) for s in TERMINAL])
         return [_load(d) for d in docs]
 
 
-def _load(doc: RunDoc) -> executor_pb2.Run:
+def _load(doc: ExecutorRunDoc) -> executor_pb2.Run:
     run = executor_pb2.Run()
     run.ParseFromString(doc.data)
     return run
