@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import grpc
 
@@ -44,6 +45,40 @@ class RetentionSweeper:
             self._thread.join(timeout=30)
 
 
+def _serialize(response: Any) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()  # type: ignore[no-any-return]
+
+
+class _RawListEvents:
+    """Registers the generated handlers, except that ListEvents may answer with the bytes of
+    a serialized ListEventsResponse (concatenated stored buckets) instead of a message."""
+
+    def __init__(self, server: grpc.Server) -> None:
+        self._server = server
+
+    def _patch(self, handlers: dict[str, grpc.RpcMethodHandler]) -> dict[str, Any]:
+        handlers = dict(handlers)
+        h = handlers["ListEvents"]
+        handlers["ListEvents"] = grpc.unary_unary_rpc_method_handler(
+            h.unary_unary,
+            request_deserializer=h.request_deserializer,
+            response_serializer=_serialize,
+        )
+        return handlers
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the registered handlers below serve every method
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        patched = self._patch(handlers)
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, patched),)
+        )
+        self._server.add_registered_method_handlers(service, patched)
+
+
 def create_server(config: Config) -> tuple[Server, int]:
     """A recorder server bound to ``config.port`` (0: any free port); call ``start()`` on it."""
     store = Store(config)
@@ -55,7 +90,7 @@ def create_server(config: Config) -> tuple[Server, int]:
     servicer = RecorderServicer(service, exporter)
 
     def register(server: grpc.Server) -> None:
-        recorder_pb2_grpc.add_RecorderServiceServicer_to_server(servicer, server)
+        recorder_pb2_grpc.add_RecorderServiceServicer_to_server(servicer, _RawListEvents(server))
 
     server = build_server(config, register, [SERVICE_NAME])
     sweeper = RetentionSweeper(service, config.retention_interval_s)

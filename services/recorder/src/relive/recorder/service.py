@@ -172,6 +172,29 @@ class EventFilter:
         return not (self.trace_id and traces is not None and self.trace_id not in traces)
 
 
+@dataclass(slots=True)
+class Segment:
+    """A run of events in read order: stored bytes passed through, or decoded events."""
+
+    count: int
+    last_key: TimelineKey
+    raw: bytes | None = None
+    events: Sequence[event_pb2.Event] | None = None
+
+    @classmethod
+    def of(cls, events: Sequence[event_pb2.Event], last_key: TimelineKey) -> Segment:
+        return cls(len(events), last_key, events=events)
+
+    def materialize(self) -> Sequence[event_pb2.Event]:
+        if self.events is None:
+            self.events = st.parse_events(self.raw or b"")
+        return self.events
+
+
+def _key(value: Sequence[Any]) -> TimelineKey:
+    return (int(value[0]), int(value[1]), str(value[2]), int(value[3]))
+
+
 # ---- results -----------------------------------------------------------------------------
 
 
@@ -565,13 +588,14 @@ class RecorderService:
 
     # -- read
 
-    def iter_timeline(
+    def timeline_segments(
         self, ion: str, flt: EventFilter, after: TimelineKey | None = None, first_chunk: int = 4
-    ) -> Iterator[event_pb2.Event]:
-        """Events in timeline order, merging buckets that overlap in time.
+    ) -> Iterator[Segment]:
+        """Events in timeline order, in segments, merging buckets that overlap in time.
 
         Buckets come by min time (one scan per level); an event is final once every bucket
-        still to come starts after it."""
+        still to come starts after it. A bucket that overlaps no other, lies wholly in the
+        window and after ``after``, and needs no per-event filter passes through undecoded."""
         lo = flt.start_ms or 0
         if after is not None:
             lo = max(lo, after[0])
@@ -580,64 +604,104 @@ class RecorderService:
             self.store.buckets_by_time(ion, level, lo - span, hi, lo, first_chunk)
             for level, span in enumerate(st.LEVEL_SPANS_MS)
         ]
-        merged = heapq.merge(*scans, key=itemgetter("min_ms"))
+        docs = heapq.merge(*scans, key=itemgetter("min_ms"))
         pending: list[tuple[TimelineKey, event_pb2.Event]] = []
         first = itemgetter(0)
-        for doc in merged:
+        plain = not flt.has_attribute_filters
+        doc = next(docs, None)
+        while doc is not None:
+            following = next(docs, None)
             m = int(doc["min_ms"])
             if pending and pending[0][0][0] < m:
                 cut = bisect.bisect_left(pending, m, key=lambda t: t[0][0])
-                for _k, e in pending[:cut]:
-                    yield e
+                yield Segment.of([e for _k, e in pending[:cut]], pending[cut - 1][0])
                 del pending[:cut]
-            if not flt.bucket_may_match(doc):
-                continue
-            evs = st.decode_events(doc["blob"])
-            start = bisect.bisect_left(evs, lo, key=_ms_of) if lo > doc["min_ms"] else 0
-            if after is not None:
-                start = max(start, bisect.bisect_right(evs, after, key=timeline_key))
-            end = len(evs)
-            if hi is not None and hi <= doc["max_ms"]:
-                end = bisect.bisect_left(evs, hi, key=_ms_of)
-            fresh = [
-                (timeline_key(e), e)
-                for e in islice(evs, start, end)
-                if not flt.has_attribute_filters or flt.matches(e)
-            ]
-            if not fresh:
-                continue
-            if pending:
-                pending.extend(fresh)
-                pending.sort(key=first)
-            else:
-                pending = fresh
-        for _k, e in pending:
-            yield e
+            if flt.bucket_may_match(doc):
+                if (
+                    plain
+                    and not pending
+                    and (following is None or int(following["min_ms"]) > int(doc["max_ms"]))
+                    and m >= lo
+                    and (hi is None or int(doc["max_ms"]) < hi)
+                    and (after is None or _key(doc["first_key"]) > after)
+                ):
+                    yield Segment(
+                        int(doc["count"]), _key(doc["last_key"]), raw=st.raw_events(doc["blob"])
+                    )
+                else:
+                    evs = st.decode_events(doc["blob"])
+                    start = bisect.bisect_left(evs, lo, key=_ms_of) if lo > m else 0
+                    if after is not None:
+                        start = max(start, bisect.bisect_right(evs, after, key=timeline_key))
+                    end = len(evs)
+                    if hi is not None and hi <= doc["max_ms"]:
+                        end = bisect.bisect_left(evs, hi, key=_ms_of)
+                    fresh = [
+                        (timeline_key(e), e)
+                        for e in islice(evs, start, end)
+                        if plain or flt.matches(e)
+                    ]
+                    if fresh:
+                        if pending:
+                            pending.extend(fresh)
+                            pending.sort(key=first)
+                        else:
+                            pending = fresh
+            doc = following
+        if pending:
+            yield Segment.of([e for _k, e in pending], pending[-1][0])
 
-    def iter_arrival(
+    def arrival_segments(
         self, ion: str, flt: EventFilter, after_seq: int = 0, first_chunk: int = 4
-    ) -> Iterator[event_pb2.Event]:
+    ) -> Iterator[Segment]:
         lo, hi = flt.start_ms, flt.end_ms
         windowed = lo is not None or hi is not None
+        plain = not flt.has_attribute_filters
         for doc in self.store.buckets_by_seq(ion, after_seq, first_chunk):
             if not flt.bucket_may_match(doc):
+                continue
+            if (
+                plain
+                and int(doc["first_seq"]) > after_seq
+                and (lo is None or int(doc["min_ms"]) >= lo)
+                and (hi is None or int(doc["max_ms"]) < hi)
+            ):
+                yield Segment(
+                    int(doc["count"]), _key(doc["last_key"]), raw=st.raw_events(doc["blob"])
+                )
                 continue
             evs = st.decode_events(doc["blob"])
             start = 0
             if int(doc["first_seq"]) <= after_seq:
                 start = bisect.bisect_right(evs, after_seq, key=_seq_of)
+            out = []
             for e in islice(evs, start, None):
                 if windowed:
                     ms = e.hlc.physical_ms
                     if (lo is not None and ms < lo) or (hi is not None and ms >= hi):
                         continue
-                if flt.has_attribute_filters and not flt.matches(e):
-                    continue
-                yield e
+                if plain or flt.matches(e):
+                    out.append(e)
+            if out:
+                yield Segment.of(out, timeline_key(out[-1]))
 
-    def list_events(
+    def iter_timeline(
+        self, ion: str, flt: EventFilter, after: TimelineKey | None = None, first_chunk: int = 4
+    ) -> Iterator[event_pb2.Event]:
+        for segment in self.timeline_segments(ion, flt, after, first_chunk):
+            yield from segment.materialize()
+
+    def iter_arrival(
+        self, ion: str, flt: EventFilter, after_seq: int = 0, first_chunk: int = 4
+    ) -> Iterator[event_pb2.Event]:
+        for segment in self.arrival_segments(ion, flt, after_seq, first_chunk):
+            yield from segment.materialize()
+
+    def list_events_raw(
         self, parent: str, flt: EventFilter, order: str, page_size: int, page_token: str
-    ) -> tuple[list[event_pb2.Event], str]:
+    ) -> bytes:
+        """One page as a serialized ListEventsResponse, built mostly by concatenating the
+        stored bytes of whole buckets: no per-event work on the common path."""
         ion = self.ion_of(parent)
         flt.check()
         if page_size < 0:
@@ -646,29 +710,56 @@ class RecorderService:
         bound = {"ion": ion, "o": order, "f": flt.fingerprint()}
         token = decode_token(page_token, expect=bound)
         chunk = size // st.BUCKET_EVENTS + 2
+        segments: Iterator[Segment]
         if order == ORDER_ARRIVAL:
-            it = self.iter_arrival(ion, flt, int(token.get("s", 0)), chunk)
+            segments = self.arrival_segments(ion, flt, int(token.get("s", 0)), chunk)
         else:
             after = None
             if token:
                 k = token.get("k")
                 if not isinstance(k, list) or len(k) != 4:
                     raise errors.InvalidArgument("page_token is malformed", field="page_token")
-                after = (int(k[0]), int(k[1]), str(k[2]), int(k[3]))
-            it = self.iter_timeline(ion, flt, after, chunk)
-        events = list(islice(it, size + 1))
-        more = len(events) > size
-        del events[size:]
+                after = _key(k)
+            segments = self.timeline_segments(ion, flt, after, chunk)
+        parts: list[bytes] = []
+        n = 0
+        last: TimelineKey | None = None
+        more = False
+        for seg in segments:
+            if n == size:
+                more = True
+                break
+            if seg.raw is not None and n + seg.count <= size:
+                parts.append(seg.raw)
+                n += seg.count
+                last = seg.last_key
+                continue
+            evs = seg.materialize()
+            take = list(islice(evs, size - n))
+            parts.append(st.encode_raw(take))
+            n += len(take)
+            last = timeline_key(take[-1])
+            if len(evs) > len(take):
+                more = True
+                break
         next_token = ""
-        if more:
-            last = events[-1]
+        if more and last is not None:
             payload = dict(bound)
             if order == ORDER_ARRIVAL:
-                payload["s"] = last.sequence
+                payload["s"] = last[3]
             else:
-                payload["k"] = list(timeline_key(last))
+                payload["k"] = list(last)
             next_token = encode_token(payload)
-        return events, next_token
+        if next_token:
+            parts.append(st.encode_token_field(next_token))
+        return b"".join(parts)
+
+    def list_events(
+        self, parent: str, flt: EventFilter, order: str, page_size: int, page_token: str
+    ) -> tuple[list[event_pb2.Event], str]:
+        """One page as messages (for in-process callers)."""
+        page = st.parse_page(self.list_events_raw(parent, flt, order, page_size, page_token))
+        return list(page.events), page.next_page_token
 
     def watch(
         self,

@@ -128,17 +128,15 @@ class RecorderServicer(recorder_pb2_grpc.RecorderServiceServicer):  # type: igno
 
     def ListEvents(
         self, request: recorder_pb2.ListEventsRequest, context: grpc.ServicerContext
-    ) -> recorder_pb2.ListEventsResponse:
-        events, token = self.service.list_events(
+    ) -> bytes:
+        """Returns the serialized response: server.py registers a pass-through serializer."""
+        return self.service.list_events_raw(
             request.parent,
             filter_from_proto(request.filter),
             _order(request.order),
             request.page_size,
             request.page_token,
         )
-        response = recorder_pb2.ListEventsResponse(next_page_token=token)
-        response.events.extend(events)
-        return response
 
     def WatchEvents(
         self, request: recorder_pb2.WatchEventsRequest, context: grpc.ServicerContext

@@ -203,8 +203,34 @@ def encode_events(events: Sequence[event_pb2.Event]) -> bytes:
 
 def decode_events(blob: bytes) -> Any:
     """The events of a bucket, in timeline order (a repeated field of Event)."""
+    return parse_events(zlib.decompress(blob))
+
+
+def raw_events(blob: bytes) -> bytes:
+    """A bucket's events as a serialized ListEventsResponse, ready to be concatenated into
+    a response: protobuf concatenation appends repeated fields."""
+    return zlib.decompress(blob)
+
+
+def encode_raw(events: Sequence[event_pb2.Event]) -> bytes:
     container = recorder_pb2.ListEventsResponse()
-    container.ParseFromString(zlib.decompress(blob))
+    container.events.extend(events)
+    return container.SerializeToString()
+
+
+def encode_token_field(token: str) -> bytes:
+    return recorder_pb2.ListEventsResponse(next_page_token=token).SerializeToString()
+
+
+def parse_page(raw: bytes) -> recorder_pb2.ListEventsResponse:
+    page = recorder_pb2.ListEventsResponse()
+    page.ParseFromString(raw)
+    return page
+
+
+def parse_events(raw: bytes) -> Any:
+    container = recorder_pb2.ListEventsResponse()
+    container.ParseFromString(raw)
     return container.events
 
 
@@ -228,7 +254,12 @@ def _summary(events: Sequence[event_pb2.Event]) -> dict[str, Any]:
         runs.add(e.run)
         traces.add(e.trace_id)
         seqs.append(e.sequence)
+    first, last = events[0], events[-1]
     return {
+        # Timeline keys [ms, logical, producer, sequence] of the ends, so a reader can tell
+        # whether the whole bucket is inside a page without decoding it.
+        "first_key": [first.hlc.physical_ms, first.hlc.logical, first.producer_id, first.sequence],
+        "last_key": [last.hlc.physical_ms, last.hlc.logical, last.producer_id, last.sequence],
         "first_seq": min(seqs),
         "last_seq": max(seqs),
         "min_ms": events[0].hlc.physical_ms,
