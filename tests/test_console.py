@@ -211,6 +211,7 @@ def test_event_details_with_launch_spec_and_span_tree(env: Env, page: Any) -> No
     spec = json.loads(page.inner_text("#details-spec"))
     assert spec["seed"] in ("1234", 1234)
     assert spec["revision"].startswith(env.seeded.ion)
+    _shot(page, "console-details.png")
 
     page.click("#tabs [data-tab=events]")
     page.click("#events-table tr.k-error")
@@ -224,7 +225,6 @@ def test_event_details_with_launch_spec_and_span_tree(env: Env, page: Any) -> No
     assert "current" in (child.get_attribute("class") or "")
     tree = page.inner_text("#span-tree")
     assert tree.index("monitor.probe") < tree.index("monitor.check_scores")
-    _shot(page, "console-details.png")
 
 
 def test_2_select_a_window(env: Env, page: Any) -> None:

@@ -479,8 +479,35 @@ def span_tree(events: list[event_pb2.Event]) -> list[dict[str, Any]]:
     for e in events:
         if e.kind == event_pb2.EVENT_KIND_SPAN:
             continue
+        brief = event_brief(e)
         owner = spans.get(e.span_id)
-        (owner["events"] if owner else loose).append(event_brief(e))
+        if owner is None and e.span_id:
+            # A span whose own record is missing (not exported, or still open): its events
+            # still tell where it ran and when.
+            owner = spans[e.span_id] = {
+                "span_id": e.span_id,
+                "parent_span_id": "",
+                "name": e.component or e.node or e.type,
+                "service": "(span not recorded)",
+                "node": e.node,
+                "start": brief["ms"],
+                "end": brief["ms"],
+                "status_code": 0,
+                "status_message": "",
+                "attributes": {},
+                "sequence": e.sequence,
+                "ms": brief["ms"],
+                "children": [],
+                "events": [],
+                "recorded": False,
+            }
+        if owner is None:
+            loose.append(brief)
+            continue
+        owner["events"].append(brief)
+        if owner.get("recorded") is False:
+            owner["start"] = min(owner["start"], brief["ms"])
+            owner["end"] = max(owner["end"], brief["ms"])
     for span in sorted(spans.values(), key=lambda s: (s["start"], s["span_id"])):
         parent = spans.get(span["parent_span_id"])
         (parent["children"] if parent and parent is not span else roots).append(span)
@@ -488,7 +515,7 @@ def span_tree(events: list[event_pb2.Event]) -> list[dict[str, Any]]:
         roots.append(
             {
                 "span_id": "",
-                "name": "(events outside any recorded span)",
+                "name": "(events outside any span)",
                 "children": [],
                 "events": loose,
                 "start": loose[0]["ms"],

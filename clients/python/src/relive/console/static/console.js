@@ -603,9 +603,13 @@ function renderTrace(trace, current) {
         el("b", { text: s.name }), " ", el("span", { class: "muted", text: s.service || s.node || "" })),
       bar, el("div", { class: "dur", text: fmtSpan(s.end - s.start) }));
     box.append(row);
-    for (const ev of s.events || []) {
-      box.append(el("div", { class: "span-event", text: `${"\u00a0\u00a0".repeat(depth + 2)}↳ ${ev.type} ${ev.summary || ""}` }));
+    const evs = s.events || [];
+    for (const ev of evs.slice(0, 12)) {
+      const line = el("div", { class: `span-event${ev.kind === "error" ? " error" : ""}`, text: `${"\u00a0\u00a0".repeat(depth + 2)}↳ ${ev.type} ${ev.summary || ""}` });
+      line.addEventListener("click", () => showDetails(ev));
+      box.append(line);
     }
+    if (evs.length > 12) box.append(el("div", { class: "span-event", text: `${"\u00a0\u00a0".repeat(depth + 2)}… ${evs.length - 12} more events` }));
     s.children.forEach((c) => add(c, depth + 1));
   };
   trace.roots.forEach((r) => add(r, 0));
@@ -621,7 +625,8 @@ function toast(text, isError = false) {
   t.className = isError ? "error" : "";
   t.hidden = false;
   clearTimeout(toastTimer);
-  toastTimer = setTimeout(() => { t.hidden = true; }, isError ? 12000 : 4000);
+  // Errors stay until clicked away; news goes by itself.
+  if (!isError) toastTimer = setTimeout(() => { t.hidden = true; }, 4000);
 }
 
 // Export links ask the server first, so a failure reads as a message instead of a broken
@@ -967,6 +972,7 @@ function installControls() {
   seek.addEventListener("change", () => { S.seeking = false; seekReplay(Number(seek.value) / 1000); });
   $("#relaunch-go").addEventListener("click", relaunchAndVerify);
   $("#replay-export").addEventListener("click", exportCapture);
+  $("#toast").addEventListener("click", () => { $("#toast").hidden = true; });
 }
 
 async function main() {
