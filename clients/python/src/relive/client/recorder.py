@@ -773,8 +773,21 @@ class EventSink:
         next_id = 1
         backoff = 0.05
         while True:
+            if self._closed:
+                if inflight or not self._queue.empty():
+                    log.error(
+                        "recorder sink %s closed with events unsent (%d batches in flight)",
+                        self.producer_id,
+                        len(inflight),
+                    )
+                return
             requests: queue.Queue[Any] = queue.Queue()
-            responses = self._stub.StreamEvents(iter(requests.get, _SENTINEL), wait_for_ready=True)
+            try:
+                responses = self._stub.StreamEvents(
+                    iter(requests.get, _SENTINEL), wait_for_ready=True
+                )
+            except ValueError:  # the channel was closed under us
+                return
             for request, _events in inflight:  # resend, unchanged, after a reconnect
                 requests.put(request)
             try:

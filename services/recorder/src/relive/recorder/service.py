@@ -242,9 +242,20 @@ class Capture:
             owner=doc.get("owner", ""),
             project=doc.get("project", ""),
             imported_from=doc.get("imported_from", ""),
-            create_time=doc.get("create_time"),
-            update_time=doc.get("update_time"),
+            create_time=_datetime(doc.get("create_time")),
+            update_time=_datetime(doc.get("update_time")),
         )
+
+
+def _datetime(value: Any) -> dt.datetime | None:
+    """Datetimes as stored; some stores hand back ISO strings for ``$set`` values."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    try:
+        parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 @dataclass
@@ -1020,7 +1031,9 @@ class RecorderService:
         ion = parse_name(name, "ions/{ion}/retentionPolicy", "name")["ion"]
         self.ion_of(f"ions/{ion}", "name")
         doc = self.store.get_retention(ion) or {}
-        return RetentionPolicy(ion, self._retention_days(ion), doc.get("last_sweep_time"))
+        return RetentionPolicy(
+            ion, self._retention_days(ion), _datetime(doc.get("last_sweep_time"))
+        )
 
     def set_retention(self, name: str, days: int) -> RetentionPolicy:
         ion = parse_name(name, "ions/{ion}/retentionPolicy", "retention_policy.name")["ion"]
@@ -1031,7 +1044,9 @@ class RecorderService:
                 field="retention_policy.retention_days",
             )
         doc = self.store.set_retention(ion, days)
-        return RetentionPolicy(ion, int(doc["retention_days"]), doc.get("last_sweep_time"))
+        return RetentionPolicy(
+            ion, int(doc["retention_days"]), _datetime(doc.get("last_sweep_time"))
+        )
 
     def run_retention(self, parent: str, as_of_ms: int | None = None) -> SweepResult:
         return self.sweep(self.ion_of(parent), as_of_ms)
