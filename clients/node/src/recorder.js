@@ -88,7 +88,8 @@ export class Recorder {
     this._draining = null;
     this._closed = false;
     this._lostAcks = 0;
-    this.stats = { sent: 0, stored: 0, duplicates: 0, resent: 0, rejected: 0 };
+    // sent: events acked; stored + duplicates + rejected = sent; retries: failed attempts retried.
+    this.stats = { sent: 0, stored: 0, duplicates: 0, rejected: 0, retries: 0 };
     this.rejections = [];
 
     const { RecorderService } = loadPackage().relive.recorder.v1;
@@ -300,7 +301,7 @@ export class Recorder {
             { code, cause: err },
           );
         }
-        this.stats.resent += this._batches[0]?.events.length ?? 0;
+        this.stats.retries += 1;
         await sleep(this._backoff(failures));
       }
     }

@@ -74,6 +74,7 @@ test("a batch whose ack was lost is sent again and stored once", async () => {
   assert.equal(recorder.events.length, 5, "but was stored once");
   assert.equal(rec.stats.duplicates, 5);
   assert.equal(rec.stats.stored, 0, "the ack of the first send never arrived");
+  assert.equal(rec.stats.retries, 1);
 });
 
 test("the unary transport resends the same way", async () => {
@@ -135,6 +136,7 @@ test("rejected events are reported with their field, the rest is stored", async 
   });
   await rec.close();
   assert.equal(recorder.events.length, 2);
+  assert.deepEqual(rec.stats, { sent: 3, stored: 2, duplicates: 0, rejected: 1, retries: 0 });
 });
 
 test("events rejected as ABORTED (a concurrent append in flight) are sent again", async () => {
@@ -144,6 +146,7 @@ test("events rejected as ABORTED (a concurrent append in flight) are sent again"
   await rec.close();
   assert.deepEqual(recorder.events.map((e) => Number(e.producer_sequence)).sort(), [1, 2, 3, 4]);
   assert.equal(rec.stats.sent, 4);
+  assert.equal(rec.stats.stored, 4);
   assert.equal(rec.rejections.length, 0);
 });
 
