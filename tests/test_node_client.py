@@ -15,6 +15,7 @@ import random
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -473,3 +474,74 @@ def test_node_command_component_in_a_run(node_modules: Path, stack: Stack, tmp_p
         lambda e: e in python and e.component == "score" and e.type == "component.finished"
     )
     assert load_finished < score_started < first_node <= last_node < score_finished
+
+
+_TWO_FLUSHES = """
+import { createInterface } from "node:readline";
+import { Recorder } from "./src/index.js";
+const recorder = new Recorder({ maxAttempts: 12, maxDelayMs: 1000 });
+for (let i = 0; i < 5; i++) recorder.stat("first", i);
+await recorder.flush();
+console.log("flushed");
+const lines = createInterface({ input: process.stdin });
+for await (const _ of lines) break;
+for (let i = 0; i < 5; i++) recorder.stat("second", i);
+await recorder.close();
+console.log(JSON.stringify({ ...recorder.stats, producer_id: recorder.producerId }));
+"""
+
+
+def test_node_client_rides_out_a_recorder_restart(
+    node_modules: Path, config: Config, registry_server: Server
+) -> None:
+    """The recorder goes away between two flushes and comes back on the same port: the
+    second batch is retried until it is stored, and nothing is stored twice."""
+    from relive.recorder.server import create_server
+
+    cfg = config.with_(registry_endpoint=f"127.0.0.1:{registry_server.port}")
+    with grpc.insecure_channel(f"127.0.0.1:{registry_server.port}") as channel:
+        registry_pb2_grpc.RegistryServiceStub(channel).CreateIon(
+            registry_pb2.CreateIonRequest(ion_id="polyglot", definition_yaml=ION_YAML), timeout=30
+        )
+    first, port = create_server(cfg)
+    first.start()
+    assert NODE is not None
+    child = subprocess.Popen(
+        [NODE, "--input-type=module", "-e", _TWO_FLUSHES],
+        cwd=NODE_DIR,
+        env=_node_env({"RELIVE_RECORDER_ENDPOINT": f"127.0.0.1:{port}", "RELIVE_ION": "polyglot"}),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    second: Server | None = None
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "flushed"
+        first.stop(0.2)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        time.sleep(1.5)  # the client is retrying UNAVAILABLE meanwhile
+        second, _ = create_server(cfg.with_(port=port))
+        second.start()
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        stats = json.loads(out.strip().splitlines()[-1])
+        assert stats["retries"] >= 1, "the recorder was away for the second flush"
+        assert stats["sent"] == stats["stored"] == 10
+
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            timeline = list_timeline(recorder_pb2_grpc.RecorderServiceStub(channel))
+        assert [(e.stat.name, e.stat.value) for e in timeline] == [
+            *(("first", float(i)) for i in range(5)),
+            *(("second", float(i)) for i in range(5)),
+        ]
+        assert [e.producer_sequence for e in timeline] == list(range(1, 11))
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        first.stop(0.2)
+        if second is not None:
+            second.stop(0.5)
