@@ -438,7 +438,9 @@ def test_node_command_component_in_a_run(node_modules: Path, stack: Stack, tmp_p
     assert run.state == executor_pb2.RUN_STATE_SUCCEEDED, run.error_message
 
     timeline = list(stack.recorder.list_events(ion, order="timeline"))
-    node_events = [e for e in timeline if e.producer_id.startswith("node-")]
+    # Only the Node component records predictions.digest; its producer is the Node process.
+    (node_producer,) = {e.producer_id for e in timeline if e.type == "predictions.digest"}
+    node_events = [e for e in timeline if e.producer_id == node_producer]
     assert [e.type for e in node_events] == [
         "component.started",
         "model.loaded",
@@ -463,7 +465,7 @@ def test_node_command_component_in_a_run(node_modules: Path, stack: Stack, tmp_p
 
     first_node = timeline.index(node_events[0])
     last_node = timeline.index(node_events[-1])
-    python = [e for e in timeline if not e.producer_id.startswith("node-")]
+    python = [e for e in timeline if e.producer_id != node_producer]
     load_finished = position(
         lambda e: e in python and e.component == "load" and e.type == "component.finished"
     )
