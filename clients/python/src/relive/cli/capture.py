@@ -12,7 +12,7 @@ from typing import Any
 
 from relive.cli.events import HEADERS, client, event_json, event_row
 from relive.cli.output import Progress, add_json_flag, emit_json, table, to_dict
-from relive.cli.timeparse import format_time, parse_time
+from relive.cli.timeparse import accept_relative_times, format_time, parse_time
 from relive.client.recorder import ion_parent
 from relive.errors import InvalidArgument
 from relive.recorder.v1 import recorder_pb2
@@ -23,6 +23,7 @@ def register(subparsers: Any) -> None:
     commands = parser.add_subparsers(dest="capture_command", metavar="COMMAND", required=True)
 
     p = commands.add_parser("create", help="mark a window of an ION's timeline (copies nothing)")
+    accept_relative_times(p)
     p.add_argument("ion", metavar="ION")
     p.add_argument("--name", required=True)
     p.add_argument("--from", dest="start", required=True, metavar="T")
@@ -66,6 +67,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_import)
 
     p = commands.add_parser("replay", help="re-live a capture in the terminal")
+    accept_relative_times(p)
     p.add_argument("capture", metavar="CAPTURE")
     p.add_argument("--speed", type=float, default=1.0, help="1 is real time, 0 as fast as possible")
     p.add_argument("--from", dest="start", metavar="T", help="seek to this time in the window")

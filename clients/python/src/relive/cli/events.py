@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from relive.cli.output import add_json_flag, emit_json, table
-from relive.cli.timeparse import format_time, parse_time
+from relive.cli.timeparse import accept_relative_times, format_time, parse_time
 from relive.client.channel import load_endpoints
 from relive.client.recorder import KIND_NAMES, RecorderClient, ion_parent, make_filter
 from relive.errors import InvalidArgument
@@ -23,6 +23,7 @@ from relive.recorder.v1 import event_pb2, recorder_pb2
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("events", help="list the timeline of an ION, or follow it live")
+    accept_relative_times(p)
     p.add_argument("ion", metavar="ION")
     p.add_argument("--from", dest="start", metavar="T", help="ISO 8601 or relative (-2h)")
     p.add_argument("--to", dest="end", metavar="T", help="ISO 8601 or relative (-15m)")

@@ -8,7 +8,7 @@ from typing import Any
 
 from relive.cli.events import client
 from relive.cli.output import add_json_flag, emit_json, to_dict
-from relive.cli.timeparse import parse_time
+from relive.cli.timeparse import accept_relative_times, parse_time
 
 
 def register(subparsers: Any) -> None:
@@ -29,6 +29,7 @@ def register(subparsers: Any) -> None:
     p = commands.add_parser(
         "run", help="sweep now: delete events older than the period, outside every capture"
     )
+    accept_relative_times(p)
     p.add_argument("ion", metavar="ION")
     p.add_argument("--as-of", metavar="T", help="sweep as if now were T (ISO 8601 or -2h)")
     add_json_flag(p)
@@ -68,8 +69,9 @@ def _run(args: argparse.Namespace) -> int:
         emit_json(to_dict(result) | {"events_deleted": result.events_deleted,
                                      "events_kept_by_captures": result.events_kept_by_captures})
     else:
+        cutoff = result.cutoff_time.ToJsonString()
         print(
-            f"{args.ion}: deleted {result.events_deleted} events older than "
-            f"{result.cutoff_time.ToJsonString()}; {result.events_kept_by_captures} kept by captures"
+            f"{args.ion}: deleted {result.events_deleted} events older than {cutoff}; "
+            f"{result.events_kept_by_captures} kept by captures"
         )
     return 0

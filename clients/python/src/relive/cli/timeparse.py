@@ -3,6 +3,7 @@ offset) or relative to now (``-2h``, ``-15m``, ``-30s``, ``-1d``, ``now``)."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import re
 
@@ -17,6 +18,17 @@ _UNITS = {
     "d": dt.timedelta(days=1),
     "w": dt.timedelta(weeks=1),
 }
+
+
+# What argparse must read as a value, not an option: "-2h", "-15m", "-1.5d".
+RELATIVE_ARG = re.compile(r"^-\d+(\.\d+)?\s*(ms|s|m|h|d|w)?$")
+
+
+def accept_relative_times(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Lets ``--from -2h`` through: argparse takes any "-..." for an option unless it looks
+    like a negative number, so this parser's idea of a negative number includes "-2h"."""
+    parser._negative_number_matcher = RELATIVE_ARG  # type: ignore[attr-defined]
+    return parser
 
 
 def parse_time(text: str, *, now: dt.datetime | None = None, field: str = "time") -> dt.datetime:
