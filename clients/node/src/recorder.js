@@ -91,6 +91,7 @@ export class Recorder {
     // sent: events acked; stored + duplicates + rejected = sent; retries: failed attempts retried.
     this.stats = { sent: 0, stored: 0, duplicates: 0, rejected: 0, retries: 0 };
     this.rejections = [];
+    this._reported = 0; // rejections already thrown by flush()
 
     const { RecorderService } = loadPackage().relive.recorder.v1;
     this._metadata = new grpc.Metadata();
@@ -232,12 +233,19 @@ export class Recorder {
   /**
    * Sends everything recorded so far and waits for the acks.
    * @returns {Promise<{stored: number, duplicates: number, rejected: number}>} counts since creation
-   * @throws {RejectedEventsError} when the recorder refused events since the last flush
-   * @throws {RecorderError} when the recorder stayed unreachable
+   * @throws {RejectedEventsError} when the recorder refused events that no earlier flush() reported
+   * @throws {RecorderError} when the recorder stayed unreachable; the events stay queued
    */
   async flush() {
+    await this._sendAll();
+    const fresh = this.rejections.slice(this._reported);
+    this._reported = this.rejections.length;
+    if (fresh.length) throw new RejectedEventsError(fresh);
+    return { stored: this.stats.stored, duplicates: this.stats.duplicates, rejected: this.stats.rejected };
+  }
+
+  async _sendAll() {
     this._cutBatches();
-    const rejectedBefore = this.rejections.length;
     // A drain may already be running; run again until nothing is left.
     while (this._batches.length || this._draining) {
       if (!this._draining) {
@@ -247,9 +255,6 @@ export class Recorder {
       }
       await this._draining;
     }
-    const fresh = this.rejections.slice(rejectedBefore);
-    if (fresh.length) throw new RejectedEventsError(fresh);
-    return { stored: this.stats.stored, duplicates: this.stats.duplicates, rejected: this.stats.rejected };
   }
 
   /** Flushes and closes the channel. Recording afterwards throws. */
@@ -265,8 +270,9 @@ export class Recorder {
     }
   }
 
+  /** A timer's or a full batch's send; refused events wait for the next flush() to report. */
   _background() {
-    this.flush().catch((err) => this._onError(err));
+    this._sendAll().catch((err) => this._onError(err));
   }
 
   _cutBatches() {

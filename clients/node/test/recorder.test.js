@@ -204,3 +204,15 @@ test("the example component records its stats and model digest", async () => {
   assert.ok(recorder.events.every((e) => e.trace_id === "4bf92f3577b34da6a3ce929d0e0e4736"));
   assert.ok(recorder.events.every((e) => e.run === "ions/churn/runs/r9"));
 });
+
+test("refusals found by a background send are reported by the next flush()", async () => {
+  const errors = [];
+  const rec = open({ flushIntervalMs: 10, onError: (e) => errors.push(e) });
+  rec.event("bad type", {});
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(recorder.batches, 1, "the timer sent it");
+  assert.deepEqual(errors, [], "not a transport failure");
+  await assert.rejects(rec.flush(), RejectedEventsError);
+  await rec.flush(); // reported once
+  await rec.close();
+});
