@@ -330,7 +330,9 @@ function draw() {
   }
 
   // errors and human actions, always one by one, on top
-  for (const m of S.hist.marks) {
+  // Zoomed in, the listed events are the freshest truth; otherwise the histogram's marks.
+  const marks = S.events ? S.events.filter((e) => e.kind === "error" || e.kind === "human_action") : S.hist.marks;
+  for (const m of marks) {
     const i = ls.indexOf(m.node);
     if (i < 0) continue;
     const x = xOf(m.ms, L), y = L.top + i * laneH + 9;
@@ -379,7 +381,7 @@ function draw() {
   }
 
   $("#timeline").dataset.lanes = ls.map(laneLabel).join(",");
-  $("#timeline").dataset.marks = String(S.hist.marks.length);
+  $("#timeline").dataset.marks = String(marks.length);
 }
 
 function legend() {
@@ -905,7 +907,8 @@ function renderRelaunch(run, v) {
 function startLive() {
   if (!S.ion) return;
   stopLive();
-  const span = S.view ? Math.min(S.view.end - S.view.start, 3600000) : 900000;
+  // The window's width is kept (between 5 minutes and an hour); it slides to end at now.
+  const span = S.view ? Math.max(300000, Math.min(S.view.end - S.view.start, 3600000)) : 900000;
   const src = new EventSource(`/api/ions/${encodeURIComponent(S.ion.id)}/live`);
   S.live = { source: src, span, fresh: 0 };
   $("#live-toggle").classList.add("on");
