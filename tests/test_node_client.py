@@ -1,9 +1,10 @@
-"""The Node.js client (clients/node) against the real registry and recorder.
+"""The Node.js client (clients/node) against the real registry, recorder and executor.
 
 A command component written in Node records stats and a model digest between Python
 events; its events must sit in the timeline in causal order between them, once each, even
 when the Node client resends a batch whose ack it lost, and even when the parent's clock
-runs ahead of the child's.
+runs ahead of the child's. The executor runs the same component inside a launched run.
+Skipped only when ``node`` is not on PATH; ``npm ci`` runs when node_modules is stale.
 """
 
 from __future__ import annotations
