@@ -206,24 +206,25 @@ def recorder_stub(
         yield recorder_pb2_grpc.RecorderServiceStub(channel)
 
 
-def run_score(endpoint: str, parent: Stamp, trace_id: str, span_id: str, **env: str) -> Any:
+def run_score(endpoint: str, parent: Stamp | None, trace_id: str, span_id: str, **env: str) -> Any:
+    """Runs examples/score.js as the executor would; ``parent=None`` leaves RELIVE_HLC unset."""
     assert NODE is not None
+    variables = {
+        "RELIVE_RECORDER_ENDPOINT": endpoint,
+        "RELIVE_ION": "polyglot",
+        "RELIVE_RUN": "r1",
+        "RELIVE_NODE": "infer",
+        "RELIVE_COMPONENT": "score",
+        "TRACEPARENT": f"00-{trace_id}-{span_id}-01",
+        **env,
+    }
+    if parent is not None:
+        variables["RELIVE_HLC"] = parent.encode()
     done = subprocess.run(
         [NODE, str(SCORE)],
         cwd=REPO,
         input=json.dumps({"rows": ROWS, "weights": WEIGHTS}),
-        env=_node_env(
-            {
-                "RELIVE_RECORDER_ENDPOINT": endpoint,
-                "RELIVE_ION": "polyglot",
-                "RELIVE_RUN": "r1",
-                "RELIVE_NODE": "infer",
-                "RELIVE_COMPONENT": "score",
-                "RELIVE_HLC": parent.encode(),
-                "TRACEPARENT": f"00-{trace_id}-{span_id}-01",
-                **env,
-            }
-        ),
+        env=_node_env(variables),
         capture_output=True,
         text=True,
         timeout=120,
@@ -329,6 +330,21 @@ def test_node_component_events_sit_between_the_python_events_once_each(
     (custom,) = [e for e in node_events if e.kind == event_pb2.EVENT_KIND_CUSTOM]
     assert custom.custom.data["sha256"] == out["predictions_sha256"]
     assert custom.custom.data["count"] == len(ROWS)
+
+
+def test_without_the_parent_hlc_a_skewed_parent_would_come_after_its_child(
+    node_modules: Path,
+    recorder_server: Server,
+    recorder_stub: recorder_pb2_grpc.RecorderServiceStub,
+) -> None:
+    """The control for the test above: the skew is real, so RELIVE_HLC is what orders them."""
+    endpoint = f"127.0.0.1:{recorder_server.port}"
+    py = python_sink(endpoint)
+    py.log_stat("before", 0)
+    py.close()
+    out = run_score(endpoint, None, secrets.token_hex(16), secrets.token_hex(8))
+    timeline = list_timeline(recorder_stub)
+    assert [e.producer_id for e in timeline] == [out["producer_id"]] * 7 + [py.producer_id]
 
 
 def test_node_component_reports_an_unknown_ion(
