@@ -482,32 +482,13 @@ def span_tree(events: list[event_pb2.Event]) -> list[dict[str, Any]]:
         brief = event_brief(e)
         owner = spans.get(e.span_id)
         if owner is None and e.span_id:
-            # A span whose own record is missing (not exported, or still open): its events
-            # still tell where it ran and when.
-            owner = spans[e.span_id] = {
-                "span_id": e.span_id,
-                "parent_span_id": "",
-                "name": e.component or e.node or e.type,
-                "service": "(span not recorded)",
-                "node": e.node,
-                "start": brief["ms"],
-                "end": brief["ms"],
-                "status_code": 0,
-                "status_message": "",
-                "attributes": {},
-                "sequence": e.sequence,
-                "ms": brief["ms"],
-                "children": [],
-                "events": [],
-                "recorded": False,
-            }
+            # Its span was not recorded (not exported, or still open): the event still says
+            # where it ran, so it hangs under its node and component.
+            owner = _placeholder(spans, e, brief["ms"])
         if owner is None:
             loose.append(brief)
             continue
         owner["events"].append(brief)
-        if owner.get("recorded") is False:
-            owner["start"] = min(owner["start"], brief["ms"])
-            owner["end"] = max(owner["end"], brief["ms"])
     for span in sorted(spans.values(), key=lambda s: (s["start"], s["span_id"])):
         parent = spans.get(span["parent_span_id"])
         (parent["children"] if parent and parent is not span else roots).append(span)
@@ -529,6 +510,36 @@ def span_tree(events: list[event_pb2.Event]) -> list[dict[str, Any]]:
             }
         )
     return roots
+
+
+def _placeholder(spans: dict[str, dict[str, Any]], e: event_pb2.Event, ms: int) -> dict[str, Any]:
+    """The stand-in span for a node (and component) whose spans were not recorded."""
+    parent = ""
+    found: dict[str, Any] | None = None
+    for key, name in ((f"~{e.node}", e.node or "(run)"), (f"~{e.node}/{e.component}", e.component)):
+        if key.endswith("/"):
+            break
+        found = spans.get(key)
+        if found is None:
+            found = spans[key] = {
+                "span_id": key,
+                "parent_span_id": parent,
+                "name": name,
+                "service": "(spans not recorded)",
+                "node": e.node,
+                "start": ms,
+                "end": ms,
+                "status_code": 0,
+                "status_message": "",
+                "attributes": {},
+                "children": [],
+                "events": [],
+            }
+        found["start"] = min(found["start"], ms)
+        found["end"] = max(found["end"], ms)
+        parent = key
+    assert found is not None
+    return found
 
 
 def rpc_error(e: grpc.RpcError) -> ReliveError:

@@ -13,7 +13,7 @@ const RUN_COLORS = {
 };
 // Individual events are fetched when the window holds at most this many.
 const ZOOM_EVENTS = 3000;
-const GUTTER = 150, AXIS = 26, RUN_ROW = 12, LANE = 64;
+const GUTTER = 150, AXIS = 26, RUN_ROW = 12, LANE = 96;
 
 const S = {
   ions: [], ion: null, view: null, hist: null, events: null, selection: null,
@@ -213,7 +213,7 @@ function draw() {
   const L = layout();
   const { c, ls } = L;
   const dpr = window.devicePixelRatio || 1;
-  const laneH = Math.max(22, Math.min(LANE, (L.h - L.top - 6) / Math.max(1, ls.length)));
+  const laneH = Math.max(22, Math.min(LANE, (L.h - L.top - 16) / Math.max(1, ls.length)));
   // Fill the height when there are few lanes; lanes never shrink below 22 px.
   L.laneH = laneH;
   if (c.width !== Math.round(L.w * dpr) || c.height !== Math.round(L.h * dpr)) {
@@ -227,16 +227,6 @@ function draw() {
   if (!S.view || !S.hist) return;
   g.font = "12px system-ui, sans-serif";
   g.textBaseline = "middle";
-
-  // captures of this ION, as bands under the axis
-  for (const cap of S.captures.filter((x) => x.ion === S.ion.name)) {
-    if (cap.end < S.view.start || cap.start > S.view.end) continue;
-    const x0 = Math.max(GUTTER, xOf(cap.start, L)), x1 = Math.min(L.w - 8, xOf(cap.end, L));
-    g.fillStyle = "rgba(217,138,0,0.08)";
-    g.fillRect(x0, AXIS, x1 - x0, L.h - AXIS);
-    g.fillStyle = "rgba(217,138,0,0.85)";
-    g.fillRect(x0, AXIS - 4, Math.max(2, x1 - x0), 3);
-  }
 
   // time axis
   const span = S.view.end - S.view.start;
@@ -314,6 +304,22 @@ function draw() {
       });
     }
   });
+
+  // captures of this ION: a band over the lanes, and a bracket under the axis
+  const lanesBottom = L.top + ls.length * laneH;
+  for (const cap of S.captures.filter((x) => x.ion === S.ion.name)) {
+    if (cap.end < S.view.start || cap.start > S.view.end) continue;
+    const x0 = Math.max(GUTTER, xOf(cap.start, L)), x1 = Math.min(L.w - 8, xOf(cap.end, L));
+    g.fillStyle = "rgba(217,138,0,0.07)";
+    g.fillRect(x0, AXIS, x1 - x0, lanesBottom - AXIS);
+    g.fillStyle = "rgba(217,138,0,0.85)";
+    g.fillRect(x0, AXIS - 4, Math.max(2, x1 - x0), 3);
+    if (x1 - x0 > 80) {
+      g.font = "10px system-ui, sans-serif";
+      g.fillText(cap.id, x0 + 3, lanesBottom + 9);
+      g.font = "12px system-ui, sans-serif";
+    }
+  }
 
   // individual events when zoomed in
   if (S.events) {
