@@ -357,18 +357,30 @@ class Handler(BaseHTTPRequestHandler):
         start = _int(q, "start")
         stream = self.backend.replay(name, speed, start)
         items: queue.Queue[tuple[str, Any]] = queue.Queue(SSE_BATCH * 4)
+        gone = threading.Event()
+
+        def put(item: tuple[str, Any]) -> bool:
+            # Bounded: a slow browser slows the replay; a closed one ends it.
+            while not gone.is_set():
+                try:
+                    items.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
         def pump() -> None:
             try:
                 for response in stream:
                     brief = event_brief(response.event)
                     brief["playback_ms"] = ts_ms(response.playback_time)
-                    items.put(("event", brief))
-                items.put(("end", None))
+                    if not put(("event", brief)):
+                        return
+                put(("end", None))
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.CANCELLED:
                     err = from_rpc_error(e)
-                    items.put(("error", {"code": err.code.name, "message": err.message}))
+                    put(("error", {"code": err.code.name, "message": err.message}))
 
         threading.Thread(target=pump, name="console-replay", daemon=True).start()
         try:
@@ -396,6 +408,7 @@ class Handler(BaseHTTPRequestHandler):
                     batch.append(value)
                 self._sse("events", {"events": batch})
         finally:
+            gone.set()
             stream.cancel()
 
     def api_export(self, q: dict[str, list[str]], parts: list[str]) -> None:

@@ -739,10 +739,9 @@ function playReplay() {
     if (r.source !== src) return;
     const { events } = JSON.parse(m.data);
     const tb = $("#replay-feed tbody");
-    for (const e of events) {
-      tb.prepend(eventRow(e, false));
-      r.lastMs = Math.max(r.lastMs, e.playback_ms || e.ms);
-    }
+    for (const e of events) r.lastMs = Math.max(r.lastMs, e.playback_ms || e.ms);
+    // Only the newest rows are kept: a fast replay of a big capture stays cheap to show.
+    for (const e of events.slice(-300)) tb.prepend(eventRow(e, false));
     while (tb.children.length > 300) tb.lastChild.remove();
     r.count += events.length;
     replayUi();
@@ -982,6 +981,9 @@ function installControls() {
   $("#relaunch-go").addEventListener("click", relaunchAndVerify);
   $("#replay-export").addEventListener("click", exportCapture);
   $("#toast").addEventListener("click", () => { $("#toast").hidden = true; });
+  window.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && S.selection) { S.selection = null; showSelection(); draw(); }
+  });
 }
 
 async function main() {
