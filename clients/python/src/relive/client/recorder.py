@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -441,7 +440,8 @@ def default_producer_id() -> str:
 class EventSink:
     """Buffers events and streams them to the recorder from a background thread.
 
-    Defaults: run, node and component given here go on every event that does not set them.
+    Events are built straight into the protobuf batch that will be sent, so the hot path
+    copies nothing. run, node and component given here go on every event that sets none.
     """
 
     def __init__(
@@ -470,17 +470,21 @@ class EventSink:
         self.run = run
         self.node = node
         self.component = component
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._max_queue = max(1, max_queue)
         self._batch_size = max(1, batch_size)
         self._window = max(1, window)
         self._block = block
         self._linger_s = linger_s
         self._max_backoff_s = max_backoff_s
-        self._stamp_lock = threading.Lock()
+        # One lock guards the buffer, the producer sequence and the stats.
+        self._cond = threading.Condition(threading.Lock())
+        self._ready: collections.deque[recorder_pb2.StreamEventsRequest] = collections.deque()
+        self._current: recorder_pb2.StreamEventsRequest | None = None
+        self._current_since = 0.0
+        self._pending = 0
         self._next_pseq = 1
-        self._closing = threading.Event()
+        self._closing = False
         self._closed = False
-        self._cond = threading.Condition()
         self.stats = SinkStats()
         self._thread = threading.Thread(
             target=self._run, name=f"relive-sink-{self.producer_id}", daemon=True
@@ -488,49 +492,82 @@ class EventSink:
         self._thread.start()
         atexit.register(self._atexit)
 
-    # -- producing
-
     @property
     def failures(self) -> list[Failure]:
         return self.stats.failures
 
+    # -- producing
+
+    def _slot(self, block: bool | None, timeout: float | None) -> Event:
+        """A new event in the batch being filled, stamped; the caller holds the lock."""
+        if self._closed or self._closing:
+            raise ReliveError("the sink is closed", field="sink")
+        if self._pending >= self._max_queue:
+            if not (self._block if block is None else block):
+                raise BufferFull(
+                    f"the sink holds {self._pending} unsent events (max_queue); the event was "
+                    "not recorded",
+                    field="event",
+                )
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._pending >= self._max_queue:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise BufferFull("timed out waiting for room in the sink", field="event")
+                self._cond.wait(left)
+                if self._closed or self._closing:
+                    raise ReliveError("the sink is closed", field="sink")
+        current = self._current
+        if current is None:
+            current = self._current = recorder_pb2.StreamEventsRequest()
+            current.batch.parent = self.parent
+            self._current_since = time.monotonic()
+        e: Event = current.batch.events.add()
+        ms, logical = self.clock.now()
+        h = e.hlc
+        h.physical_ms = ms
+        h.logical = logical
+        return e
+
+    def _commit(
+        self, e: Event, run: str, node: str, component: str, identity: bool = True
+    ) -> Event:
+        """Fills identity and defaults, and counts the event; the caller holds the lock."""
+        if identity:
+            e.producer_id = self.producer_id
+            e.producer_sequence = self._next_pseq
+            self._next_pseq += 1
+        if run or self.run:
+            e.run = run or self.run
+        if node or self.node:
+            e.node = node or self.node
+        if component or self.component:
+            e.component = component or self.component
+        self._pending += 1
+        self.stats.queued += 1
+        current = self._current
+        assert current is not None
+        if len(current.batch.events) >= self._batch_size:
+            self._ready.append(current)
+            self._current = None
+            self._cond.notify_all()
+        elif self._pending == 1:
+            self._cond.notify_all()
+        return e
+
     def emit(
         self, event: Event, *, block: bool | None = None, timeout: float | None = None
     ) -> Event:
-        """Stamps ``event`` (HLC, producer identity, defaults) and queues it."""
-        if self._closed or self._closing.is_set():
-            raise ReliveError("the sink is closed", field="sink")
-        if self.run and not event.run:
-            event.run = self.run
-        if self.node and not event.node:
-            event.node = self.node
-        if self.component and not event.component:
-            event.component = self.component
-        if not event.HasField("time"):
-            event.time.GetCurrentTime()
-        with self._stamp_lock:
-            stamp = self.clock.now()
-            event.hlc.physical_ms = stamp.physical_ms
-            event.hlc.logical = stamp.logical
-            if not event.event_id:
-                event.producer_id = self.producer_id
-                event.producer_sequence = self._next_pseq
-                self._next_pseq += 1
-            try:
-                self._queue.put(
-                    event, block=self._block if block is None else block, timeout=timeout
-                )
-            except queue.Full:
-                if not event.event_id:
-                    self._next_pseq -= 1
-                raise BufferFull(
-                    f"the sink's queue is full ({self._queue.maxsize} events); the event was "
-                    "not recorded",
-                    field="event",
-                ) from None
+        """Queues a copy of ``event``, stamped with the HLC and (unless it has an event_id)
+        this sink's producer identity. Returns the queued copy."""
         with self._cond:
-            self.stats.queued += 1
-        return event
+            e = self._slot(block, timeout)
+            stamp = (e.hlc.physical_ms, e.hlc.logical)
+            e.CopyFrom(event)
+            e.hlc.physical_ms, e.hlc.logical = stamp
+            return self._commit(
+                e, event.run, event.node, event.component, identity=not event.event_id
+            )
 
     def record(
         self,
@@ -544,11 +581,16 @@ class EventSink:
         **data: Any,
     ) -> Event:
         """Records a custom event: ``record("batch.scored", rows=16)``."""
-        e = Event(
-            type=type, run=run, node=node, component=component, trace_id=trace_id, span_id=span_id
-        )
-        e.custom.data.CopyFrom(to_struct(data))
-        return self.emit(e)
+        data_struct = to_struct(data)
+        with self._cond:
+            e = self._slot(None, None)
+            e.type = type
+            if trace_id:
+                e.trace_id = trace_id
+            if span_id:
+                e.span_id = span_id
+            e.custom.data.CopyFrom(data_struct)
+            return self._commit(e, run, node, component)
 
     def log_stat(
         self,
@@ -558,24 +600,31 @@ class EventSink:
         step: int = 0,
         labels: Mapping[str, str] | None = None,
         type: str = "stat",
-        **where: str,
+        run: str = "",
+        node: str = "",
+        component: str = "",
     ) -> Event:
-        e = Event(type=type, **where)
-        e.stat.name = name
-        e.stat.value = float(value)
-        e.stat.step = step
-        if labels:
-            e.stat.labels.update({str(k): str(v) for k, v in labels.items()})
-        return self.emit(e)
+        value = float(value)
+        with self._cond:
+            e = self._slot(None, None)
+            e.type = type
+            s = e.stat
+            s.name = name
+            s.value = value
+            if step:
+                s.step = step
+            if labels:
+                s.labels.update({str(k): str(v) for k, v in labels.items()})
+            return self._commit(e, run, node, component)
 
     def log_lifecycle(
         self, type: str, state: str = "", details: Mapping[str, Any] | None = None, **where: str
     ) -> Event:
-        e = Event(type=type, **where)
+        e = Event(type=type)
         e.lifecycle.state = state
         if details:
             e.lifecycle.details.CopyFrom(to_struct(details))
-        return self.emit(e)
+        return self._emit_where(e, where)
 
     def log_model(
         self,
@@ -587,12 +636,12 @@ class EventSink:
         type: str = "",
         **where: str,
     ) -> Event:
-        e = Event(type=type or f"model.{action}", **where)
+        e = Event(type=type or f"model.{action}")
         e.model.model_version = model_version
         e.model.action = action
         e.model.sha256 = sha256
         e.model.batch = batch
-        return self.emit(e)
+        return self._emit_where(e, where)
 
     def log_dataset(
         self,
@@ -603,30 +652,30 @@ class EventSink:
         type: str = "dataset.read",
         **where: str,
     ) -> Event:
-        e = Event(type=type, **where)
+        e = Event(type=type)
         e.dataset.uri = uri
         e.dataset.sha256 = sha256
         e.dataset.size_bytes = size_bytes
-        return self.emit(e)
+        return self._emit_where(e, where)
 
     def log_human_action(
         self, user: str, action: str, comment: str = "", type: str = "", **where: str
     ) -> Event:
-        e = Event(type=type or f"human.{action}", **where)
+        e = Event(type=type or f"human.{action}")
         e.human_action.user = user
         e.human_action.action = action
         e.human_action.comment = comment
-        return self.emit(e)
+        return self._emit_where(e, where)
 
     def log_error(self, error: BaseException | str, *, type: str = "error", **where: str) -> Event:
-        e = Event(type=type, **where)
+        e = Event(type=type)
         if isinstance(error, BaseException):
             e.error.error_type = type_name(error)
             e.error.message = str(error)
             e.error.traceback = "".join(tb.format_exception(error))
         else:
             e.error.message = error
-        return self.emit(e)
+        return self._emit_where(e, where)
 
     def log_config(
         self,
@@ -636,18 +685,18 @@ class EventSink:
         type: str = "config.changed",
         **where: str,
     ) -> Event:
-        e = Event(type=type, **where)
+        e = Event(type=type)
         e.config.before.CopyFrom(to_struct(before))
         e.config.after.CopyFrom(to_struct(after))
-        return self.emit(e)
+        return self._emit_where(e, where)
 
     def log(
         self, message: str, severity: str = "INFO", *, type: str = "log", **where: str
     ) -> Event:
-        e = Event(type=type, **where)
+        e = Event(type=type)
         e.log.severity = severity
         e.log.message = message
-        return self.emit(e)
+        return self._emit_where(e, where)
 
     def log_span(
         self,
@@ -666,7 +715,7 @@ class EventSink:
         type: str = "span",
         **where: str,
     ) -> Event:
-        e = Event(type=type, trace_id=trace_id, span_id=span_id, **where)
+        e = Event(type=type, trace_id=trace_id, span_id=span_id)
         s = e.span
         s.name = name
         s.parent_span_id = parent_span_id
@@ -680,6 +729,14 @@ class EventSink:
         s.service_name = service_name
         if attributes:
             s.attributes.CopyFrom(to_struct(attributes))
+        return self._emit_where(e, where)
+
+    def _emit_where(self, e: Event, where: Mapping[str, str]) -> Event:
+        unknown = set(where) - {"run", "node", "component", "trace_id", "span_id"}
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        for key, value in where.items():
+            setattr(e, key, value)
         return self.emit(e)
 
     # -- flushing
@@ -698,18 +755,22 @@ class EventSink:
                         "acknowledged by the recorder",
                         field="timeout",
                     )
+                self._cond.notify_all()
                 self._cond.wait(0.1 if left is None else min(left, 0.1))
 
     def close(self, timeout: float | None = 60.0) -> SinkStats:
         """Flushes and stops the sender. Raises FlushTimeout if events are still unsent."""
         if self._closed:
             return self.stats
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         try:
             self.flush(timeout)
         finally:
-            self._closed = True
-            self._closing.set()
-            self._queue_put_sentinel()
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
             self._thread.join(timeout=5)
             atexit.unregister(self._atexit)
             if self._own_channel:
@@ -721,10 +782,6 @@ class EventSink:
                 self.stats.failed,
             )
         return self.stats
-
-    def _queue_put_sentinel(self) -> None:
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_SENTINEL)
 
     def _atexit(self) -> None:
         try:
@@ -740,46 +797,45 @@ class EventSink:
 
     # -- the sender thread
 
-    def _take_batch(self, wait: bool) -> list[Event]:
-        batch: list[Event] = []
-        try:
-            first = self._queue.get(timeout=0.1) if wait else self._queue.get_nowait()
-        except queue.Empty:
-            return batch
-        if first is _SENTINEL:
-            return batch
-        batch.append(first)
-        deadline = time.monotonic() + self._linger_s
-        while len(batch) < self._batch_size:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    item = self._queue.get(timeout=left)
-                except queue.Empty:
-                    break
-            if item is _SENTINEL:
-                break
-            batch.append(item)
-        return batch
+    def _take(self, wait: bool) -> recorder_pb2.StreamEventsRequest | None:
+        """The next batch to send: a full one at once, a partial one after ``linger_s``."""
+        with self._cond:
+            while True:
+                if self._ready:
+                    batch = self._ready.popleft()
+                elif self._current is not None and (
+                    self._closing
+                    or self._closed
+                    or time.monotonic() - self._current_since >= self._linger_s
+                ):
+                    batch = self._current
+                    self._current = None
+                else:
+                    if not wait or self._closed:
+                        return None
+                    if self._current is not None:
+                        left = self._linger_s - (time.monotonic() - self._current_since)
+                        self._cond.wait(max(left, 0.0005))
+                    else:
+                        self._cond.wait(0.1)
+                        if self._current is None and not self._ready:
+                            return None
+                    continue
+                self._pending -= len(batch.batch.events)
+                self._cond.notify_all()
+                return batch
+
+    def _idle(self) -> bool:
+        with self._cond:
+            return self._closed or (self._closing and not self._ready and self._current is None)
 
     def _run(self) -> None:
-        inflight: collections.deque[tuple[recorder_pb2.StreamEventsRequest, list[Event]]] = (
-            collections.deque()
-        )
+        inflight: collections.deque[recorder_pb2.StreamEventsRequest] = collections.deque()
         next_id = 1
         backoff = 0.05
         while True:
-            if self._closed:
-                if inflight or not self._queue.empty():
-                    log.error(
-                        "recorder sink %s closed with events unsent (%d batches in flight)",
-                        self.producer_id,
-                        len(inflight),
-                    )
+            if self._closed and (inflight or self._pending):
+                log.error("recorder sink %s closed with events unsent", self.producer_id)
                 return
             requests: queue.Queue[Any] = queue.Queue()
             try:
@@ -788,42 +844,37 @@ class EventSink:
                 )
             except ValueError:  # the channel was closed under us
                 return
-            for request, _events in inflight:  # resend, unchanged, after a reconnect
+            for request in inflight:  # resend, unchanged, after a reconnect
                 requests.put(request)
             try:
                 while True:
                     while len(inflight) < self._window:
-                        if self._closing.is_set() and self._queue.empty():
+                        request = self._take(wait=not inflight)
+                        if request is None:
                             break
-                        batch = self._take_batch(wait=not inflight)
-                        if not batch:
-                            break
-                        request = recorder_pb2.StreamEventsRequest(
-                            batch_id=next_id,
-                            batch=recorder_pb2.AppendEventsRequest(
-                                parent=self.parent, events=batch
-                            ),
-                        )
+                        request.batch_id = next_id
                         next_id += 1
-                        inflight.append((request, batch))
+                        inflight.append(request)
                         requests.put(request)
                     if not inflight:
-                        if self._closing.is_set() and self._queue.empty():
+                        if self._idle():
                             requests.put(_SENTINEL)
+                            for _ in responses:  # let the server end the stream cleanly
+                                pass
                             return
                         continue
                     ack = next(responses)
-                    request, batch = inflight.popleft()
+                    request = inflight.popleft()
                     if ack.batch_id != request.batch_id:
                         log.error(
                             "recorder acked batch %d, expected %d", ack.batch_id, request.batch_id
                         )
-                    self._acked(batch, ack.result)
+                    self._acked(request, ack.result)
                     backoff = 0.05
             except grpc.RpcError as e:
                 requests.put(_SENTINEL)
                 code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-                if code in _RETRY_STREAM:
+                if code in _RETRY_STREAM and not self._closed:
                     with self._cond:
                         self.stats.reconnects += 1
                     log.info(
@@ -832,11 +883,12 @@ class EventSink:
                     time.sleep(backoff * (0.5 + random.random()))
                     backoff = min(backoff * 2, self._max_backoff_s)
                     continue
+                if self._closed:
+                    return
                 # The first unacknowledged batch is the one the recorder refused.
                 error = from_rpc_error(e)
                 if inflight:
-                    _request, batch = inflight.popleft()
-                    self._failed(batch, error)
+                    self._failed(inflight.popleft(), error)
             except StopIteration:
                 requests.put(_SENTINEL)
                 time.sleep(backoff)
@@ -846,11 +898,14 @@ class EventSink:
                 requests.put(_SENTINEL)
                 time.sleep(backoff)
 
-    def _acked(self, batch: list[Event], result: recorder_pb2.AppendEventsResponse) -> None:
+    def _acked(
+        self, request: recorder_pb2.StreamEventsRequest, result: recorder_pb2.AppendEventsResponse
+    ) -> None:
+        events = request.batch.events
         failures = [
-            Failure(batch[r.index], r.reason, r.field)
+            Failure(events[r.index], r.reason, r.field)
             for r in result.rejections
-            if 0 <= r.index < len(batch)
+            if 0 <= r.index < len(events)
         ]
         if failures:
             log.warning(
@@ -867,11 +922,12 @@ class EventSink:
             self.stats.batches += 1
             self._cond.notify_all()
 
-    def _failed(self, batch: list[Event], error: ReliveError) -> None:
-        log.error("recorder refused a batch of %d events: %s", len(batch), error)
+    def _failed(self, request: recorder_pb2.StreamEventsRequest, error: ReliveError) -> None:
+        events = request.batch.events
+        log.error("recorder refused a batch of %d events: %s", len(events), error)
         with self._cond:
-            self.stats.failed += len(batch)
-            self.stats.failures.extend(Failure(e, str(error), error.field) for e in batch)
+            self.stats.failed += len(events)
+            self.stats.failures.extend(Failure(e, str(error), error.field) for e in events)
             self._cond.notify_all()
 
 

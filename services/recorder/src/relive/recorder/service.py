@@ -63,6 +63,17 @@ ORDER_TIMELINE = "timeline"
 ORDER_ARRIVAL = "arrival"
 
 TimelineKey = tuple[int, int, str, int]
+# An event of a batch being appended: (hlc ms, hlc logical, producer sequence, index).
+Item = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class _StampContext:
+    ion: str
+    parent: str
+    prefix: str
+    stamp: timestamp_pb2.Timestamp
+    restore: bool
 
 
 def timeline_key(e: event_pb2.Event) -> TimelineKey:
@@ -315,10 +326,16 @@ class RecorderService:
     # -- append
 
     def append(
-        self, parent: str, events: Sequence[event_pb2.Event], *, restore: bool = False
+        self,
+        parent: str,
+        events: Sequence[event_pb2.Event],
+        *,
+        restore: bool = False,
+        batch_bytes: int | None = None,
     ) -> AppendResult:
         """Validates, dedups, sequences and stores one batch. ``events`` are mutated in place
-        (sequence, name, kind, receive_time). ``restore`` keeps receive times (import)."""
+        (sequence, name, ion, kind, receive_time). ``restore`` keeps receive times (import).
+        ``batch_bytes`` (the batch's serialized size) lets a small batch skip per-event sizing."""
         ion = self.ion_of(parent)
         n = len(events)
         if n > self.config.max_batch_events:
@@ -327,23 +344,32 @@ class RecorderService:
                 field="events",
             )
         result = AppendResult(sequences=[0] * n)
-        groups: dict[str, list[int]] = {}
+        groups: dict[str, list[Item]] = {}
         max_bytes = self.config.max_event_bytes
+        check_size = batch_bytes is None or batch_bytes > max_bytes
+        validate = self._validate
         for i, e in enumerate(events):
-            problem = self._validate(e, parent, max_bytes)
+            problem = validate(e, parent, max_bytes, check_size)
             if problem is not None:
                 fld, reason = problem
                 result.rejections.append(Rejection(i, f"events[{i}]{fld}", reason))
                 continue
-            groups.setdefault(e.producer_id, []).append(i)
+            h = e.hlc
+            item = (h.physical_ms, h.logical, e.producer_sequence, i)
+            pid = e.producer_id
+            group = groups.get(pid)
+            if group is None:
+                groups[pid] = [item]
+            else:
+                group.append(item)
         stamp = timestamp_pb2.Timestamp()
         stamp.GetCurrentTime()
-        prefix = f"ions/{ion}/events/"
-        for producer, idxs in groups.items():
+        ctx = _StampContext(ion, parent, f"ions/{ion}/events/", stamp, restore)
+        for producer, items in groups.items():
             if producer:
-                self._append_producer(ion, producer, events, idxs, result, stamp, prefix, restore)
+                self._append_producer(ctx, producer, events, items, result)
             else:
-                self._append_by_event_id(ion, events, idxs, result, stamp, prefix, restore)
+                self._append_by_event_id(ctx, events, items, result)
         if result.stored:
             with self._appended:
                 self._append_count += 1
@@ -351,7 +377,9 @@ class RecorderService:
         return result
 
     @staticmethod
-    def _validate(e: event_pb2.Event, parent: str, max_bytes: int) -> tuple[str, str] | None:
+    def _validate(
+        e: event_pb2.Event, parent: str, max_bytes: int, check_size: bool
+    ) -> tuple[str, str] | None:
         if e.ion and e.ion != parent:
             return ".ion", f"the event's ion {e.ion!r} differs from the batch's parent {parent!r}"
         t = e.type
@@ -359,10 +387,11 @@ class RecorderService:
             return ".type", "type is required"
         if len(t) > MAX_TYPE_LEN:
             return ".type", f"type is {len(t)} characters long; the limit is {MAX_TYPE_LEN}"
-        ms = e.hlc.physical_ms
+        h = e.hlc
+        ms = h.physical_ms
         if ms <= 0 or ms > st.MAX_MS:
             return ".hlc", "hlc.physical_ms must be a positive time in milliseconds"
-        if e.hlc.logical < 0:
+        if h.logical < 0:
             return ".hlc", "hlc.logical must not be negative"
         pid = e.producer_id
         if pid:
@@ -374,118 +403,153 @@ class RecorderService:
             return ".event_id", "give event_id, or producer_id and producer_sequence"
         elif len(e.event_id) > MAX_PRODUCER_LEN:
             return ".event_id", f"event_id is longer than {MAX_PRODUCER_LEN} characters"
-        if e.trace_id and not HEX32.match(e.trace_id):
+        trace = e.trace_id
+        if trace and not HEX32.match(trace):
             return ".trace_id", "trace_id must be 32 lowercase hex digits"
-        if e.span_id and not HEX16.match(e.span_id):
+        span = e.span_id
+        if span and not HEX16.match(span):
             return ".span_id", "span_id must be 16 lowercase hex digits"
-        size = e.ByteSize()
-        if size > max_bytes:
-            return "", f"the event is {size} bytes; the limit is {max_bytes}"
+        if check_size:
+            size = e.ByteSize()
+            if size > max_bytes:
+                return "", f"the event is {size} bytes; the limit is {max_bytes}"
         return None
 
     @staticmethod
-    def _cut(events: Sequence[event_pb2.Event], order: list[int]) -> list[list[int]]:
-        """Splits indices (in timeline order) into buckets: by count, bytes and time span."""
-        out: list[list[int]] = []
-        cur: list[int] = []
-        first_ms = 0
-        size = 0
+    def _cut(items: list[Item]) -> list[list[Item]]:
+        """Splits items (in timeline order) into buckets of at most BUCKET_EVENTS events whose
+        HLC times span at most the last level's span."""
+        out: list[list[Item]] = []
         max_span = st.LEVEL_SPANS_MS[-1]
-        for i in order:
-            e = events[i]
-            ms = e.hlc.physical_ms
-            if cur and (
-                len(cur) >= st.BUCKET_EVENTS or ms - first_ms > max_span or size > st.BUCKET_BYTES
-            ):
-                out.append(cur)
-                cur = []
-            if not cur:
-                first_ms = ms
-                size = 0
-            cur.append(i)
-            if size <= st.BUCKET_BYTES:
-                size += 64 if len(cur) % 64 else e.ByteSize() * 64
-        if cur:
-            out.append(cur)
+        n = len(items)
+        start = 0
+        while start < n:
+            end = min(start + st.BUCKET_EVENTS, n)
+            first = items[start][0]
+            if items[end - 1][0] - first > max_span:
+                j = start
+                while j < end and items[j][0] - first <= max_span:
+                    j += 1
+                end = j
+            out.append(items[start:end])
+            start = end
         return out
 
     @staticmethod
-    def _stamp(
+    def _bucket(
+        ctx: _StampContext,
         events: Sequence[event_pb2.Event],
-        order: list[int],
-        base: int,
-        ion: str,
-        prefix: str,
-        stamp: timestamp_pb2.Timestamp,
-        restore: bool,
-    ) -> None:
-        """Gives events their sequences (in timeline order) and server-side fields."""
-        parent = f"ions/{ion}"
-        kinds = KIND_BY_ATTRIBUTE
-        for k, i in enumerate(order):
+        part: list[Item],
+        seqs: Sequence[int],
+        pkey: str,
+        producer: str,
+        now: dt.datetime,
+    ) -> dict[str, Any]:
+        """Stamps a bucket's events (sequence, name, ion, kind, receive time) and builds its
+        document, summary included, in one pass."""
+        kinds_of = KIND_BY_ATTRIBUTE
+        prefix, parent, stamp, restore = ctx.prefix, ctx.parent, ctx.stamp, ctx.restore
+        kinds: set[int] = set()
+        types: set[str] = set()
+        nodes: set[str] = set()
+        runs: set[str] = set()
+        traces: set[str] = set()
+        evs = []
+        for (_ms, _lg, _p, i), seq in zip(part, seqs, strict=True):
             e = events[i]
-            seq = base + k
             e.sequence = seq
             e.name = prefix + str(seq)
             e.ion = parent
-            e.kind = kinds[e.WhichOneof("attributes")]
-            if not (restore and e.HasField("receive_time")):
+            k = kinds_of[e.WhichOneof("attributes")]
+            e.kind = k
+            kinds.add(k)
+            if not restore or not e.HasField("receive_time"):
                 e.receive_time.CopyFrom(stamp)
+            types.add(e.type)
+            nodes.add(e.node)
+            runs.add(e.run)
+            traces.add(e.trace_id)
+            evs.append(e)
+        first, last = part[0], part[-1]
+        pseqs = [it[2] for it in part] if producer else [0]
+        summary = {
+            "first_key": [first[0], first[1], producer, seqs[0]],
+            "last_key": [last[0], last[1], producer, seqs[-1]],
+            "first_seq": seqs[0],
+            "last_seq": seqs[-1],
+            "min_ms": first[0],
+            "max_ms": last[0],
+            "count": len(part),
+            "kinds": sorted(kinds),
+            "types": st.summary_list(types),
+            "nodes": st.summary_list(nodes),
+            "runs": st.summary_list(runs),
+            "traces": st.summary_list(traces),
+        }
+        return st.bucket_document(
+            ctx.ion, evs, summary, pkey, producer, min(pseqs), max(pseqs), now
+        )
 
     def _append_producer(
         self,
-        ion: str,
+        ctx: _StampContext,
         producer: str,
         events: Sequence[event_pb2.Event],
-        idxs: list[int],
+        items: list[Item],
         result: AppendResult,
-        stamp: timestamp_pb2.Timestamp,
-        prefix: str,
-        restore: bool,
     ) -> None:
+        ion = ctx.ion
         first_of: dict[int, int] = {}
         repeats: list[tuple[int, int]] = []
-        for i in idxs:
-            p = events[i].producer_sequence
+        pending: list[Item] = []
+        for it in items:
+            p = it[2]
             if p in first_of:
-                repeats.append((i, first_of[p]))
+                repeats.append((it[3], first_of[p]))
             else:
-                first_of[p] = i
-        pending = list(first_of.values())
+                first_of[p] = it[3]
+                pending.append(it)
         with self._producer_lock(f"{ion}:{producer}"):
             for _attempt in range(8):
-                lo = min(events[i].producer_sequence for i in pending)
-                hi = max(events[i].producer_sequence for i in pending)
+                lo = min(first_of)
+                hi = max(first_of)
                 stored = self._stored_pseqs(ion, producer, lo, hi)
-                fresh = []
-                for i in pending:
-                    seq = stored.get(events[i].producer_sequence)
-                    if seq is None:
-                        fresh.append(i)
-                    else:
-                        result.sequences[i] = seq
-                        result.duplicates += 1
+                if stored:
+                    fresh = []
+                    for it in pending:
+                        seq = stored.get(it[2])
+                        if seq is None:
+                            fresh.append(it)
+                        else:
+                            result.sequences[it[3]] = seq
+                            result.duplicates += 1
+                else:
+                    fresh = pending
                 if not fresh:
                     break
-                fresh.sort(key=lambda i: (*timeline_key(events[i])[:2], i))
+                fresh.sort()
                 base = self.store.reserve_sequences(ion, len(fresh))
-                self._stamp(events, fresh, base, ion, prefix, stamp, restore)
-                parts = self._cut(events, fresh)
                 now = dt.datetime.now(dt.UTC)
+                parts = self._cut(fresh)
                 docs = []
+                offset = base
                 for part in parts:
-                    evs = [events[i] for i in part]
-                    pkey = st.producer_key(ion, producer, min(e.producer_sequence for e in evs))
-                    docs.append(st.bucket_document(ion, evs, pkey, producer, now))
+                    seqs = range(offset, offset + len(part))
+                    offset += len(part)
+                    pkey = st.producer_key(ion, producer, min(it[2] for it in part))
+                    docs.append(self._bucket(ctx, events, part, seqs, pkey, producer, now))
                 inserted, clash = self.store.insert_buckets(docs)
-                for part in parts[:inserted]:
-                    for i in part:
-                        result.sequences[i] = events[i].sequence
+                for part, doc in zip(parts[:inserted], docs, strict=False):
+                    for it, seq in zip(
+                        part, range(doc["first_seq"], doc["last_seq"] + 1), strict=True
+                    ):
+                        result.sequences[it[3]] = seq
                     result.stored += len(part)
                 if not clash:
                     break
                 # Someone stored part of this batch meanwhile: look again at what is left.
-                pending = [i for part in parts[inserted:] for i in part]
+                pending = [it for part in parts[inserted:] for it in part]
+                first_of = {it[2]: it[3] for it in pending}
             else:
                 raise errors.Aborted(
                     f"could not store the events of producer {producer!r}: concurrent resends; "
@@ -516,57 +580,60 @@ class RecorderService:
 
     def _append_by_event_id(
         self,
-        ion: str,
+        ctx: _StampContext,
         events: Sequence[event_pb2.Event],
-        idxs: list[int],
+        items: list[Item],
         result: AppendResult,
-        stamp: timestamp_pb2.Timestamp,
-        prefix: str,
-        restore: bool,
     ) -> None:
+        ion = ctx.ion
         first_of: dict[str, int] = {}
         repeats: list[tuple[int, int]] = []
-        for i in idxs:
-            eid = events[i].event_id
+        fresh: list[Item] = []
+        for it in items:
+            eid = events[it[3]].event_id
             if eid in first_of:
-                repeats.append((i, first_of[eid]))
+                repeats.append((it[3], first_of[eid]))
             else:
-                first_of[eid] = i
-        fresh = sorted(first_of.values(), key=lambda i: (*timeline_key(events[i])[:2], i))
+                first_of[eid] = it[3]
+                fresh.append(it)
+        fresh.sort()
         base = self.store.reserve_sequences(ion, len(fresh))
-        self._stamp(events, fresh, base, ion, prefix, stamp, restore)
-        parts = self._cut(events, fresh)
+        parts = self._cut(fresh)
+        seq_of: dict[int, int] = {}
         bucket_of: dict[int, str] = {}
+        offset = base
         for part in parts:
-            pkey = st.anonymous_key(ion, events[part[0]].sequence)
-            for i in part:
-                bucket_of[i] = pkey
+            pkey = st.anonymous_key(ion, offset)
+            for it in part:
+                seq_of[it[3]] = offset
+                bucket_of[it[3]] = pkey
+                offset += 1
         now = dt.datetime.now(dt.UTC)
         claims = [
             {
-                "key": f"{ion}:{events[i].event_id}",
-                "sequence": events[i].sequence,
-                "bucket": bucket_of[i],
+                "key": f"{ion}:{events[it[3]].event_id}",
+                "sequence": seq_of[it[3]],
+                "bucket": bucket_of[it[3]],
                 "claim_time": now,
             }
-            for i in fresh
+            for it in fresh
         ]
         taken = self.store.claim_event_ids(claims)
         dropped: set[int] = set()
         for pos in taken:
-            i = fresh[pos]
-            key = claims[pos]["key"]
+            i = fresh[pos][3]
+            key = str(claims[pos]["key"])
             claim = self.store.event_id_claim(key)
             if claim is None:
                 continue
-            if self.store.bucket_exists(claim["bucket"]):
+            if self.store.bucket_exists(str(claim["bucket"])):
                 result.sequences[i] = int(claim["sequence"])
                 result.duplicates += 1
                 dropped.add(i)
                 continue
-            age = (now - claim.get("claim_time", now)).total_seconds() if claim else 0
-            if age >= CLAIM_TAKEOVER_S and self.store.take_over_claim(
-                key, claim["bucket"], bucket_of[i], events[i].sequence
+            made = _datetime(claim.get("claim_time")) or now
+            if (now - made).total_seconds() >= CLAIM_TAKEOVER_S and self.store.take_over_claim(
+                key, str(claim["bucket"]), bucket_of[i], seq_of[i]
             ):
                 continue
             result.rejections.append(
@@ -581,17 +648,17 @@ class RecorderService:
         docs = []
         kept_parts = []
         for part in parts:
-            keep = [i for i in part if i not in dropped]
+            keep = [it for it in part if it[3] not in dropped]
             if keep:
-                evs = [events[i] for i in keep]
-                docs.append(st.bucket_document(ion, evs, bucket_of[part[0]], "", now))
+                seqs = [seq_of[it[3]] for it in keep]
+                docs.append(self._bucket(ctx, events, keep, seqs, bucket_of[part[0][3]], "", now))
                 kept_parts.append(keep)
         _inserted, clash = self.store.insert_buckets(docs)
         if clash:  # pragma: no cover - anonymous keys are unique sequences
             raise errors.Aborted("a bucket key clashed; retry", field="events")
         for keep in kept_parts:
-            for i in keep:
-                result.sequences[i] = events[i].sequence
+            for it in keep:
+                result.sequences[it[3]] = seq_of[it[3]]
             result.stored += len(keep)
         for i, j in repeats:
             result.sequences[i] = result.sequences[j]

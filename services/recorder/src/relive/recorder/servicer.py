@@ -113,7 +113,9 @@ class RecorderServicer(recorder_pb2_grpc.RecorderServiceServicer):  # type: igno
     def AppendEvents(
         self, request: recorder_pb2.AppendEventsRequest, context: grpc.ServicerContext
     ) -> recorder_pb2.AppendEventsResponse:
-        return append_response(self.service.append(request.parent, request.events))
+        return append_response(
+            self.service.append(request.parent, request.events, batch_bytes=request.ByteSize())
+        )
 
     def StreamEvents(
         self,
@@ -121,7 +123,8 @@ class RecorderServicer(recorder_pb2_grpc.RecorderServiceServicer):  # type: igno
         context: grpc.ServicerContext,
     ) -> Iterator[recorder_pb2.StreamEventsResponse]:
         for request in request_iterator:
-            result = self.service.append(request.batch.parent, request.batch.events)
+            batch = request.batch
+            result = self.service.append(batch.parent, batch.events, batch_bytes=batch.ByteSize())
             yield recorder_pb2.StreamEventsResponse(
                 batch_id=request.batch_id, result=append_response(result)
             )

@@ -234,27 +234,15 @@ def parse_events(raw: bytes) -> Any:
     return container.events
 
 
-def _summary_list(values: Iterable[str]) -> list[str] | None:
-    distinct = sorted({v for v in values if v})
+def summary_list(values: Iterable[str]) -> list[str] | None:
+    distinct = sorted(v for v in set(values) if v)
     return distinct if len(distinct) <= SUMMARY_MAX else None
 
 
-def _summary(events: Sequence[event_pb2.Event]) -> dict[str, Any]:
-    """The pruning summary; ``events`` are in timeline order, so the ends bound the times."""
-    kinds: set[int] = set()
-    types: set[str] = set()
-    nodes: set[str] = set()
-    runs: set[str] = set()
-    traces: set[str] = set()
-    seqs: list[int] = []
-    for e in events:
-        kinds.add(e.kind)
-        types.add(e.type)
-        nodes.add(e.node)
-        runs.add(e.run)
-        traces.add(e.trace_id)
-        seqs.append(e.sequence)
+def summarize(events: Sequence[event_pb2.Event]) -> dict[str, Any]:
+    """The pruning summary of events in timeline order (the ends bound the times)."""
     first, last = events[0], events[-1]
+    seqs = [e.sequence for e in events]
     return {
         # Timeline keys [ms, logical, producer, sequence] of the ends, so a reader can tell
         # whether the whole bucket is inside a page without decoding it.
@@ -262,23 +250,29 @@ def _summary(events: Sequence[event_pb2.Event]) -> dict[str, Any]:
         "last_key": [last.hlc.physical_ms, last.hlc.logical, last.producer_id, last.sequence],
         "first_seq": min(seqs),
         "last_seq": max(seqs),
-        "min_ms": events[0].hlc.physical_ms,
-        "max_ms": events[-1].hlc.physical_ms,
+        "min_ms": first.hlc.physical_ms,
+        "max_ms": last.hlc.physical_ms,
         "count": len(events),
-        "kinds": sorted(int(k) for k in kinds),
-        "types": _summary_list(types),
-        "nodes": _summary_list(nodes),
-        "runs": _summary_list(runs),
-        "traces": _summary_list(traces),
+        "kinds": sorted({int(e.kind) for e in events}),
+        "types": summary_list(e.type for e in events),
+        "nodes": summary_list(e.node for e in events),
+        "runs": summary_list(e.run for e in events),
+        "traces": summary_list(e.trace_id for e in events),
     }
 
 
 def bucket_document(
-    ion: str, events: Sequence[event_pb2.Event], pkey: str, producer: str, now: dt.datetime
+    ion: str,
+    events: Sequence[event_pb2.Event],
+    summary: dict[str, Any],
+    pkey: str,
+    producer: str,
+    pfirst: int,
+    plast: int,
+    now: dt.datetime,
 ) -> dict[str, Any]:
     """The document of one bucket; ``events`` are in timeline order with sequences set."""
-    doc = _summary(events)
-    pseqs = [e.producer_sequence for e in events] if producer else [0]
+    doc = dict(summary)
     level = level_of(doc["max_ms"] - doc["min_ms"])
     doc.update(
         ion=ion,
@@ -287,8 +281,8 @@ def bucket_document(
         level=level,
         pkey=pkey,
         producer=producer,
-        pfirst=min(pseqs),
-        plast=max(pseqs),
+        pfirst=pfirst,
+        plast=plast,
         blob=Binary(encode_events(events)),
         create_time=now,
     )
@@ -459,7 +453,7 @@ class Store:
     ) -> None:
         """Keeps only ``events`` (a subset, in timeline order) of a bucket. seq_key and pkey
         stay, as valid bounds; time_key moves up to the new min time at the same level."""
-        update = _summary(events)
+        update = summarize(events)
         level = int(doc.get("level", 0))
         update.update(
             time_key=time_key(doc["ion"], level, update["min_ms"], int(doc["last_seq"])),
