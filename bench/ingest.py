@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import Stack  # noqa: E402
+from _recorder_stack import Stack  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
 from relive.client.recorder import EventSink, RecorderClient  # noqa: E402

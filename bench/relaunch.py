@@ -1,0 +1,224 @@
+"""Relaunch cost: a 10-pipeline ION relaunched through the executor on Ray, against the same
+components run directly in one process with nothing recorded.
+
+Prints one JSON object: ``relaunch_s``, ``direct_s``, ``ratio`` (target: <= 1.5) and
+``startup_s`` (the fixed cost of starting the store, the services and Ray, paid once), plus
+Ray's overhead per component. ``--quick`` runs a smaller ION (under 60 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from examples.patterns.generate import random_ion, random_ion_yaml  # noqa: E402
+from relive.client.executor import ExecutorClient  # noqa: E402
+from relive.client.registry import RegistryClient  # noqa: E402
+from relive.core.config import Config  # noqa: E402
+from relive.core.embedded import EmbeddedStore  # noqa: E402
+from relive.executor.v1 import executor_pb2 as pb  # noqa: E402
+
+
+class _Ref:
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+
+
+class DirectRay:
+    """Stands in for Ray: runs each component at once, in this process."""
+
+    class exceptions:  # noqa: N801 - mirrors ray.exceptions
+        class RayTaskError(Exception):
+            def __init__(self, cause: BaseException) -> None:
+                super().__init__(str(cause))
+                self.cause = cause
+
+        class TaskCancelledError(Exception):
+            pass
+
+        class WorkerCrashedError(Exception):
+            pass
+
+    def __init__(self, sink: Any, store: Any) -> None:
+        self.sink, self.store = sink, store
+        self.components = 0
+
+    def options(self, **_: Any) -> DirectRay:
+        return self
+
+    def remote(self, task: Any, names: list[str], *upstream: _Ref) -> _Ref:
+        from relive.pipeline.task import execute
+
+        self.components += 1
+        try:
+            values = {n: r.value.value for n, r in zip(names, upstream, strict=True)}
+            return _Ref(execute(task, values, self.sink, self.store))
+        except Exception as e:
+            return _Ref(error=self.exceptions.RayTaskError(e))
+
+    def wait(self, refs: list[_Ref], timeout: float = 0) -> tuple[list[_Ref], list[_Ref]]:
+        return refs, []
+
+    def get(self, ref: _Ref) -> Any:
+        if ref.error:
+            raise ref.error
+        return ref.value
+
+    def cancel(self, ref: _Ref, force: bool = False) -> None:
+        return None
+
+
+def run_direct(definition_run: pb.Run, code_path: list[str]) -> tuple[float, int]:
+    """The same ION, spec and components, in this process: no Ray, no recorder, no registry."""
+    from relive.executor.runner import Replay, RunEnv, RunExecution
+    from relive.pipeline.events import ListSink
+    from relive.pipeline.models import MemoryModelStore
+
+    sink, store = ListSink(), MemoryModelStore()
+    fake = DirectRay(sink, store)
+    run = pb.Run()
+    run.CopyFrom(definition_run)
+    run.ClearField("nodes")
+    run.is_terminal = False
+    for node in sorted(run.spec.definition.nodes):
+        run.nodes.add(node=node, state=pb.RUN_STATE_PENDING)
+    env = RunEnv(recorder="", registry="", code_path=code_path, sink=sink, store=store,
+                 remote=fake, ray=fake)
+    ex = RunExecution(run, env, Replay(), lambda r: None)
+    t0 = time.perf_counter()
+    ex._main()
+    elapsed = time.perf_counter() - t0
+    if ex.run.state != pb.RUN_STATE_SUCCEEDED:
+        raise RuntimeError(f"direct run failed: {ex.run.error_message}")
+    return elapsed, fake.components
+
+
+def ray_task_overhead_ms(ray: Any, n: int = 200) -> float:
+    @ray.remote(num_cpus=1)
+    def noop() -> None:
+        return None
+
+    ray.get(noop.remote())
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ray.get(noop.remote())
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under 60 s")
+    parser.add_argument("--pipelines", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=0)
+    parser.add_argument("--debug", action="store_true", help="print the relaunch's timeline")
+    args = parser.parse_args()
+    pipelines = args.pipelines or (4 if args.quick else 10)
+    repeat = args.repeat or (1 if args.quick else 3)
+    seed = 7
+
+    from relive.executor.server import create_server as executor_server
+    from relive.recorder.server import create_server as recorder_server
+    from relive.registry.server import create_server as registry_server
+
+    tmp = Path(tempfile.mkdtemp(prefix="relive-bench-"))
+    t0 = time.perf_counter()
+    store = EmbeddedStore(tmp / "store")
+    uri = store.start()
+    config = Config(data_dir=tmp / "data", mongodb_uri=uri, db_prefix=f"b{uuid.uuid4().hex[:8]}",
+                    code_path=(str(ROOT),), grace_s=0.5)
+    servers = []
+    try:
+        reg, reg_port = registry_server(config)
+        reg.start()
+        config = config.with_(registry_endpoint=f"127.0.0.1:{reg_port}")
+        rec, rec_port = recorder_server(config)
+        rec.start()
+        config = config.with_(recorder_endpoint=f"127.0.0.1:{rec_port}")
+        exe, exe_port = executor_server(config)
+        exe.start()
+        servers = [exe, rec, reg]
+        startup_s = time.perf_counter() - t0
+
+        import ray
+
+        overhead_ms = ray_task_overhead_ms(ray, 50 if args.quick else 200)
+        ion_file = tmp / "bench.yaml"
+        ion_file.write_text(random_ion_yaml(seed, "bench", pipelines))
+        definition = random_ion(seed, "bench", pipelines)
+        n_components = sum(len(n["pipeline"]["components"]) for n in definition["nodes"].values()
+                           if "pipeline" in n)
+        with grpc.insecure_channel(f"127.0.0.1:{reg_port}") as rc, \
+                grpc.insecure_channel(f"127.0.0.1:{exe_port}") as ec:
+            ion = RegistryClient(rc).register(ion_file).ion.name
+            client = ExecutorClient(ec)
+            t1 = time.perf_counter()
+            original = client.wait(client.launch(ion, seed=seed).name, timeout=600)
+            first_launch_s = time.perf_counter() - t1
+            if original.state != pb.RUN_STATE_SUCCEEDED:
+                raise RuntimeError(f"the launch failed: {original.error_message}")
+            relaunches = []
+            for _ in range(repeat):
+                t1 = time.perf_counter()
+                again = client.wait(client.relaunch(run=original.name).name, timeout=600)
+                relaunches.append(time.perf_counter() - t1)
+                if again.state != pb.RUN_STATE_SUCCEEDED:
+                    raise RuntimeError(f"the relaunch failed: {again.error_message}")
+            verification = client.verify(original.name, again.name)
+            if args.debug:
+                from relive.client.recorder import RecorderClient
+
+                with RecorderClient(f"127.0.0.1:{rec_port}") as recorder:
+                    events = list(recorder.list_events(ion, runs=[again.name]))
+                t_start = min(e.hlc.physical_ms for e in events)
+                for e in events:
+                    if e.kind != 2:
+                        print(f"{e.hlc.physical_ms - t_start:6d} {e.type:20} {e.node}.{e.component}",
+                              file=sys.stderr)
+        directs = []
+        executed = 0
+        for _ in range(repeat):
+            d, executed = run_direct(original, [str(ROOT)])
+            directs.append(d)
+        relaunch_s = statistics.median(relaunches)
+        direct_s = statistics.median(directs)
+        print(json.dumps({
+            "pipelines": pipelines,
+            "components": n_components,
+            "component_runs": executed,
+            "relaunch_s": round(relaunch_s, 3),
+            "direct_s": round(direct_s, 3),
+            "ratio": round(relaunch_s / direct_s, 2) if direct_s else None,
+            "startup_s": round(startup_s, 3),
+            "first_launch_s": round(first_launch_s, 3),
+            "ray_task_roundtrip_ms": round(overhead_ms, 2),
+            "overhead_per_component_ms": round((relaunch_s - direct_s) / max(1, executed) * 1000,
+                                               1),
+            "verification": pb.VerificationStatus.Name(verification.status).removeprefix(
+                "VERIFICATION_STATUS_"),
+            "repeat": repeat,
+            "note": "relaunch_s: RelaunchRun to terminal, through Ray, the recorder and the "
+                    "registry; direct_s: the same spec and components in one process, nothing "
+                    "recorded; startup_s: store + services + Ray, paid once per process",
+        }, indent=2))
+    finally:
+        for s in servers:
+            s.stop(0.5)
+        store.stop()
+
+
+if __name__ == "__main__":
+    main()
