@@ -381,3 +381,23 @@ def test_live_mode_follows_new_events(env: Env, page: Any) -> None:
     _shot(page, "console-live.png")
     page.click("#live-toggle")
     page.wait_for_selector("#live-toggle:not(.on)")
+
+
+def test_a_run_bar_shows_the_run_and_its_spec(env: Env, page: Any) -> None:
+    run = env.seeded.run.name
+    page.click("#tabs [data-tab=events]")
+    page.click('[data-preset="all"]')
+    page.wait_for_function(f"S.hits.some(h => h.type === 'run' && h.run.run === '{run}')")
+    x, y = page.evaluate(
+        f"""(() => {{
+            const h = S.hits.find(h => h.type === 'run' && h.run.run === '{run}');
+            return [(h.x0 + h.x1) / 2, (h.y0 + h.y1) / 2];
+        }})()"""
+    )
+    box = page.locator("#timeline").bounding_box()
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    page.wait_for_selector(f'#details[data-loaded="{run}"]')
+    assert "SUCCEEDED" in page.inner_text("#details-title")
+    spec = json.loads(page.inner_text("#details-spec"))
+    assert spec["seed"] in ("1234", 1234)
+    assert page.locator("#span-tree .span").count() >= 3

@@ -290,6 +290,10 @@ class Handler(BaseHTTPRequestHandler):
             raise InvalidArgument("sequence and ms are required", field="sequence")
         self._json(self.backend.event_details(parts[2], sequence, ms))
 
+    def api_ion_run(self, q: dict[str, list[str]], parts: list[str]) -> None:
+        """A run's launch spec and state: the executor's, or the recorded run.launched."""
+        self._json(self.backend.run_spec(parts[2], _str(q, "name")))
+
     def api_trace(self, q: dict[str, list[str]], parts: list[str]) -> None:
         self._json(self.backend.trace(parts[2], _str(q, "trace_id")))
 
@@ -472,6 +476,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "api/ions/*/events"): Handler.api_events,
     ("GET", "api/ions/*/event"): Handler.api_event,
     ("GET", "api/ions/*/trace"): Handler.api_trace,
+    ("GET", "api/ions/*/run"): Handler.api_ion_run,
     ("GET", "api/ions/*/live"): Handler.api_live,
     ("GET", "api/captures"): Handler.api_captures,
     ("POST", "api/captures"): Handler.api_create_capture,

@@ -460,7 +460,8 @@ function installCanvas() {
     const h = hitAt(x, y);
     if (h && h.type === "event") showDetails(h.event);
     else if (h && h.type === "bucket") zoomTo(h.t0 - (h.t1 - h.t0) * 2, h.t1 + (h.t1 - h.t0) * 2);
-    else if (h && h.type === "run") zoomTo(h.run.start - (h.run.end - h.run.start) * 0.1 - 500, h.run.end + (h.run.end - h.run.start) * 0.1 + 500);
+    else if (h && h.type === "run") showRun(h.run.run);
+    if (h && h.type === "run") zoomTo(h.run.start - (h.run.end - h.run.start) * 0.1 - 500, h.run.end + (h.run.end - h.run.start) * 0.1 + 500);
   });
   c.addEventListener("mouseleave", () => { $("#tooltip").hidden = true; });
   c.addEventListener("wheel", (ev) => {
@@ -583,6 +584,33 @@ async function showDetails(e) {
     $("#details-trace-id").textContent = d.trace ? d.trace.trace_id : "";
     renderTrace(d.trace, e);
     $("#details").dataset.loaded = String(e.sequence);
+  } catch (err) {
+    $("#details-attributes").textContent = err.message;
+  }
+}
+
+async function showRun(name) {
+  tab("details");
+  $("#details-empty").hidden = true;
+  $("#details").hidden = false;
+  $("#details-title").textContent = `run ${shortRun(name)}`;
+  $("#details-attributes").textContent = "loading…";
+  $("#details-spec").textContent = "";
+  $("#span-tree").replaceChildren();
+  const ion = encodeURIComponent(S.ion.id);
+  try {
+    const r = await api(`/api/ions/${ion}/run?name=${encodeURIComponent(name)}`);
+    $("#details-title").textContent = `run ${shortRun(name)}${r.state ? " · " + r.state : ""}`;
+    const summary = r.run ? { ...r.run } : { name, note: "the executor does not know this run; its spec comes from run.launched" };
+    delete summary.spec;
+    $("#details-attributes").textContent = JSON.stringify(summary, null, 2);
+    $("#details-run").textContent = `${shortRun(name)} · from ${r.source || "nowhere"}`;
+    $("#details-spec").textContent = JSON.stringify(r.spec, null, 2);
+    const traceId = r.run && r.run.trace_id;
+    $("#details-trace-id").textContent = traceId || "";
+    if (traceId) renderTrace(await api(`/api/ions/${ion}/trace?trace_id=${traceId}`), null);
+    else renderTrace(null, null);
+    $("#details").dataset.loaded = name;
   } catch (err) {
     $("#details-attributes").textContent = err.message;
   }
