@@ -1,0 +1,133 @@
+"""Browsing a large timeline, printed as one JSON object:
+
+- page_p50_ms / page_p99_ms: one ListEvents page of 1,000 events at a random window;
+- read_100k_s: reading 100,000 events in timeline order (pages of 10,000);
+- capture_1k_s / capture_1m_s: creating a capture on a 1,000-event timeline and on the
+  large one (capture_ratio is their quotient: a capture is a marker, never a copy).
+
+The timeline is loaded straight through the recorder's service (same storage path as
+StreamEvents, without the network), then read over gRPC from a recorder child process.
+
+    python bench/browse.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _recorder_stack import Stack  # noqa: E402
+
+from relive.client.recorder import RecorderClient  # noqa: E402
+from relive.recorder.service import RecorderService  # noqa: E402
+from relive.recorder.store import Store  # noqa: E402
+from relive.recorder.v1 import recorder_pb2  # noqa: E402
+
+T0 = 1_790_000_000_000
+
+
+def load(service: RecorderService, ion: str, n: int, producers: int) -> float:
+    """n events, 1 ms apart per producer, producers interleaved in time; batches of 1,000."""
+    started = time.perf_counter()
+    per = n // producers
+    batch = 1000
+    for start in range(0, per, batch):
+        for p in range(producers):
+            request = recorder_pb2.AppendEventsRequest(parent=f"ions/{ion}")
+            for i in range(start, min(per, start + batch)):
+                e = request.events.add(
+                    type="stat", producer_id=f"producer-{p}", producer_sequence=i + 1,
+                    run=f"ions/{ion}/runs/r1", node=f"node-{p}",
+                )
+                e.hlc.physical_ms = T0 + i
+                e.hlc.logical = p
+                s = e.stat
+                s.name = "loss"
+                s.value = i * 0.001
+                s.step = i
+            result = service.append(request.parent, request.events,
+                                    batch_bytes=request.ByteSize())
+            assert result.stored == len(request.events), result.rejections[:1]
+    return n / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smaller run (< 60 s)")
+    parser.add_argument("--producers", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    n = 300_000 if args.quick else 1_000_000
+    samples = 40 if args.quick else 100
+    rng = random.Random(7)
+    with Stack() as stack:
+        assert stack.config is not None
+        big = stack.create_ion("big")
+        small = stack.create_ion("small")
+        store = Store(stack.config)
+        service = RecorderService(stack.config, store, registry=None)
+        load_rate = load(service, big, n, args.producers)
+        load(service, small, 1000, 1)
+        span_ms = n // args.producers
+        with RecorderClient(stack.recorder_target) as client:
+            client.list_events_page(big, page_size=10)  # warm the channel
+            pages = []
+            for _ in range(samples):
+                start = T0 + rng.randrange(0, span_ms - 2000)
+                flt = recorder_pb2.EventFilter()
+                flt.start_time.FromMilliseconds(start)
+                began = time.perf_counter()
+                page = client.list_events_page(big, filter=flt, page_size=1000)
+                pages.append((time.perf_counter() - began) * 1000)
+                assert len(page.events) == 1000
+            reads = []
+            for _ in range(3):
+                start = T0 + rng.randrange(0, max(1, span_ms - 100_000 // args.producers - 1000))
+                flt = recorder_pb2.EventFilter()
+                flt.start_time.FromMilliseconds(start)
+                began = time.perf_counter()
+                got = 0
+                for _e in client.list_events(big, filter=flt, page_size=10_000):
+                    got += 1
+                    if got == 100_000:
+                        break
+                reads.append(time.perf_counter() - began)
+                assert got == 100_000
+            caps: dict[str, list[float]] = {big: [], small: []}
+            for k in range(7):
+                for ion in (small, big):
+                    began = time.perf_counter()
+                    client.create_capture(ion, f"c{k}", T0 + 100, T0 + 900)
+                    caps[ion].append(time.perf_counter() - began)
+        store.close()
+    pages.sort()
+    capture_1k = statistics.median(caps[small])
+    capture_1m = statistics.median(caps[big])
+    print(
+        json.dumps(
+            {
+                "events": n,
+                "producers": args.producers,
+                "page_p50_ms": round(statistics.median(pages), 2),
+                "page_p99_ms": round(pages[min(len(pages) - 1, int(len(pages) * 0.99))], 2),
+                "read_100k_s": round(statistics.median(reads), 3),
+                "capture_1k_s": round(capture_1k, 4),
+                "capture_1m_s": round(capture_1m, 4),
+                "capture_ratio": round(capture_1m / capture_1k, 2),
+                "load_events_per_s": round(load_rate),
+                "quick": args.quick,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
