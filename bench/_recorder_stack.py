@@ -63,8 +63,15 @@ class Stack:
         )
         port_file = self.tmp / "recorder.port"
         self.recorder = subprocess.Popen(
-            [sys.executable, "-m", "relive.recorder.server", "--port", "0", "--port-file",
-             str(port_file)],
+            [
+                sys.executable,
+                "-m",
+                "relive.recorder.server",
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+            ],
             env=env,
             stdin=subprocess.DEVNULL,
         )

@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recorder_stack import Stack  # noqa: E402
+from _recorder_stack import Stack
 
-from relive.client.recorder import RecorderClient  # noqa: E402
-from relive.recorder.service import RecorderService  # noqa: E402
-from relive.recorder.store import Store  # noqa: E402
-from relive.recorder.v1 import recorder_pb2  # noqa: E402
+from relive.client.recorder import RecorderClient
+from relive.recorder.service import RecorderService
+from relive.recorder.store import Store
+from relive.recorder.v1 import recorder_pb2
 
 T0 = 1_790_000_000_000
 
@@ -44,8 +44,11 @@ def load(service: RecorderService, ion: str, n: int, producers: int) -> float:
             request = recorder_pb2.AppendEventsRequest(parent=f"ions/{ion}")
             for i in range(start, min(per, start + batch)):
                 e = request.events.add(
-                    type="stat", producer_id=f"producer-{p}", producer_sequence=i + 1,
-                    run=f"ions/{ion}/runs/r1", node=f"node-{p}",
+                    type="stat",
+                    producer_id=f"producer-{p}",
+                    producer_sequence=i + 1,
+                    run=f"ions/{ion}/runs/r1",
+                    node=f"node-{p}",
                 )
                 e.hlc.physical_ms = T0 + i
                 e.hlc.logical = p
@@ -53,8 +56,7 @@ def load(service: RecorderService, ion: str, n: int, producers: int) -> float:
                 s.name = "loss"
                 s.value = i * 0.001
                 s.step = i
-            result = service.append(request.parent, request.events,
-                                    batch_bytes=request.ByteSize())
+            result = service.append(request.parent, request.events, batch_bytes=request.ByteSize())
             assert result.stored == len(request.events), result.rejections[:1]
     return n / (time.perf_counter() - started)
 

@@ -19,17 +19,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recorder_stack import Stack  # noqa: E402
-from pymongo import MongoClient  # noqa: E402
+from _recorder_stack import Stack
+from pymongo import MongoClient
 
-from relive.client.recorder import EventSink, RecorderClient  # noqa: E402
+from relive.client.recorder import EventSink, RecorderClient
 
 
 def bench_relive(stack: Stack, n: int, producers: int = 1) -> float:
     ion = stack.create_ion("ingest")
     sinks = [
-        EventSink(stack.recorder_target, ion, run="ions/ingest/runs/r1", node="train",
-                  batch_size=2000, max_queue=50_000, window=3)
+        EventSink(
+            stack.recorder_target,
+            ion,
+            run="ions/ingest/runs/r1",
+            node="train",
+            batch_size=2000,
+            max_queue=50_000,
+            window=3,
+        )
         for _ in range(producers)
     ]
     # Warm up the stream.
@@ -100,7 +107,9 @@ def bench_mlflow(n: int) -> tuple[float | None, str]:
         now = int(time.time() * 1000)
         started = time.perf_counter()
         for start in range(0, n, 1000):
-            metrics = [Metric("loss", i * 0.001, now + i, i) for i in range(start, min(n, start + 1000))]
+            metrics = [
+                Metric("loss", i * 0.001, now + i, i) for i in range(start, min(n, start + 1000))
+            ]
             client.log_batch(run_id, metrics=metrics)
         elapsed = time.perf_counter() - started
         client.set_terminated(run_id)

@@ -12,24 +12,23 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import code_pb2
-
-from relive import errors, notebook
-from relive.client.recorder import BufferFull, EventSink, FlushTimeout, RecorderClient, make_filter
-from relive.core import identity
-from relive.core import errors as domain_errors
-from relive.core.config import Config
-from relive.core.serving import Server
-from relive.recorder.service import EventFilter, RecorderService
-from relive.recorder.store import Store
-from relive.recorder.v1 import event_pb2, recorder_pb2
 from test_recorder_support import (
     T0,
     content,
     create_ion,
     event,
-    identity as ident,
     other_deployment,
 )
+
+from relive import errors, notebook
+from relive.client.recorder import BufferFull, EventSink, FlushTimeout, RecorderClient, make_filter
+from relive.core import errors as domain_errors
+from relive.core import identity
+from relive.core.config import Config
+from relive.core.serving import Server
+from relive.recorder.service import EventFilter, RecorderService
+from relive.recorder.store import Store
+from relive.recorder.v1 import event_pb2, recorder_pb2
 
 
 @pytest.fixture
@@ -97,14 +96,14 @@ def test_resent_batches_and_event_ids_are_stored_once(client: RecorderClient, io
 def test_bad_input_gets_a_status_naming_the_field(
     client: RecorderClient, ion: str, recorder_server: Server
 ) -> None:
-    with pytest.raises(errors.NotFound) as e:
+    with pytest.raises(errors.NotFound) as e1:
         client.append("nope", [event(T0)])
-    assert e.value.field == "parent"
+    assert e1.value.field == "parent"
     with pytest.raises(errors.NotFound):
         list(client.list_events("nope"))
-    with pytest.raises(errors.InvalidArgument) as e:
+    with pytest.raises(errors.InvalidArgument) as e2:
         client.append("Bad_Name", [event(T0)])
-    assert e.value.field.startswith("parent")
+    assert e2.value.field.startswith("parent")
 
     big = event(T0 + 1, type="custom")
     big.custom.data.update({"blob": "x" * (300 * 1024)})
@@ -131,29 +130,29 @@ def test_bad_input_gets_a_status_naming_the_field(
     assert r.sequences[1] == 0 and r.sequences[0] > 0 and r.sequences[6] > 0
 
     too_many = [event(T0 + i) for i in range(10_001)]
-    with pytest.raises(errors.ResourceExhausted) as e:
+    with pytest.raises(errors.ResourceExhausted) as e3:
         client.append(ion, too_many)
-    assert e.value.field == "events"
+    assert e3.value.field == "events"
 
-    with pytest.raises(errors.InvalidArgument) as e:
+    with pytest.raises(errors.InvalidArgument) as e4:
         list(client.list_events(ion, start=T0 + 10, end=T0))
-    assert e.value.field == "filter.end_time"
-    with pytest.raises(errors.InvalidArgument) as e:
+    assert e4.value.field == "filter.end_time"
+    with pytest.raises(errors.InvalidArgument) as e5:
         client.list_events_page(ion, page_token="garbage!")
-    assert e.value.field == "page_token"
-    with pytest.raises(errors.InvalidArgument) as e:
+    assert e5.value.field == "page_token"
+    with pytest.raises(errors.InvalidArgument) as e6:
         client.create_capture(ion, "c1", T0 + 10, T0)
-    assert e.value.field == "capture.end_time"
+    assert e6.value.field == "capture.end_time"
     client.create_capture(ion, "c1", T0, T0 + 10)
-    with pytest.raises(errors.AlreadyExists) as e:
+    with pytest.raises(errors.AlreadyExists) as e7:
         client.create_capture(ion, "c1", T0, T0 + 10)
-    assert e.value.field == "capture_id"
-    with pytest.raises(errors.InvalidArgument) as e:
+    assert e7.value.field == "capture_id"
+    with pytest.raises(errors.InvalidArgument) as e8:
         client.create_capture(ion, "Not Valid", T0, T0 + 10)
-    assert e.value.field == "capture_id"
-    with pytest.raises(errors.InvalidArgument) as e:
+    assert e8.value.field == "capture_id"
+    with pytest.raises(errors.InvalidArgument) as e9:
         client.set_retention(ion, 0)
-    assert e.value.field == "retention_policy.retention_days"
+    assert e9.value.field == "retention_policy.retention_days"
 
 
 def test_filters(client: RecorderClient, ion: str) -> None:
@@ -176,7 +175,9 @@ def test_filters(client: RecorderClient, ion: str) -> None:
     assert types(types=["model.logged", "log"]) == [2, 4]
     assert types(trace_id=trace) == [3]
     assert types(start=T0 + 2, end=T0 + 4) == [2, 3]
-    arrival = [e.hlc.physical_ms - T0 for e in client.list_events(ion, order="arrival", nodes=["train"])]
+    arrival = [
+        e.hlc.physical_ms - T0 for e in client.list_events(ion, order="arrival", nodes=["train"])
+    ]
     assert arrival == [1, 4]
 
 
@@ -189,9 +190,16 @@ def test_page_tokens_stay_valid_while_events_arrive(client: RecorderClient, ion:
         assert len(seen) == 1000 and token
         if order == "timeline":
             # Newer events, and a late one whose HLC lies behind and ahead of the cursor.
-            client.append(ion, [event(T0 + 100_000 + i, producer="b", pseq=i + 1) for i in range(300)])
-            client.append(ion, [event(T0 + 5, producer="late", pseq=1),
-                                event(T0 + 20_005, producer="late", pseq=2)])
+            client.append(
+                ion, [event(T0 + 100_000 + i, producer="b", pseq=i + 1) for i in range(300)]
+            )
+            client.append(
+                ion,
+                [
+                    event(T0 + 5, producer="late", pseq=1),
+                    event(T0 + 20_005, producer="late", pseq=2),
+                ],
+            )
         while token:
             page = client.list_events_page(ion, order=order, page_size=1000, page_token=token)
             seen.extend(tl_key(e) for e in page.events)
@@ -322,9 +330,9 @@ def test_replay_plays_a_capture_on_its_clock(client: RecorderClient, ion: str) -
     assert len(played) == 10 and 0.4 <= took < 3.0
     sought = list(client.replay_capture(name, speed=0, start=T0 + 450))
     assert [m.event.hlc.physical_ms for m in sought] == [T0 + i * 100 for i in range(5, 10)]
-    with pytest.raises(errors.InvalidArgument) as e:
+    with pytest.raises(errors.InvalidArgument) as e10:
         list(client.replay_capture(name, start=T0 + 5000))
-    assert e.value.field == "start_time"
+    assert e10.value.field == "start_time"
 
 
 # ---- captures ------------------------------------------------------------------------------
@@ -443,7 +451,9 @@ def test_export_import_round_trip(
     client.create_capture(ion, "inc", T0, T0 + 1000, description="incident")
     path = tmp_path / "inc.tar.gz"
     stages: list[str] = []
-    client.export_capture(f"ions/{ion}/captures/inc", path, progress=lambda p: stages.append(p.stage))
+    client.export_capture(
+        f"ions/{ion}/captures/inc", path, progress=lambda p: stages.append(p.stage)
+    )
     assert stages[0] == "events" and stages[-1] == "done"
 
     with tarfile.open(path) as tar:
@@ -452,12 +462,22 @@ def test_export_import_round_trip(
         spans = json.loads(tar.extractfile("spans.otlp.json").read())  # type: ignore[union-attr]
         stats_csv = tar.extractfile("stats.csv").read().decode()  # type: ignore[union-attr]
         run = json.loads(tar.extractfile("runs/r1.json").read())  # type: ignore[union-attr]
-    assert {"capture.json", "events.jsonl", "events.csv", "stats.csv", "spans.otlp.json",
-            "ion/ion.json", "ion/revisions/1.yaml", "runs/r1.json"} <= names
+    assert {
+        "capture.json",
+        "events.jsonl",
+        "events.csv",
+        "stats.csv",
+        "spans.otlp.json",
+        "ion/ion.json",
+        "ion/revisions/1.yaml",
+        "runs/r1.json",
+    } <= names
     assert set(manifest["files"]) == names - {"MANIFEST.json"}
     span = spans["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     assert span["traceId"] == "0123456789abcdef" * 2 and span["name"] == "fit"
-    assert spans["resourceSpans"][0]["resource"]["attributes"][0]["value"] == {"stringValue": "trainer"}
+    assert spans["resourceSpans"][0]["resource"]["attributes"][0]["value"] == {
+        "stringValue": "trainer"
+    }
     assert stats_csv.splitlines()[0] == "time,run,node,name,value,step,sequence"
     assert run["spec"] == {"seed": 7, "config": {"C": 1.0}}
 
@@ -509,16 +529,16 @@ def test_import_refuses_a_tampered_archive(
             import io
 
             dst.addfile(member, io.BytesIO(data))
-    with pytest.raises(errors.InvalidArgument) as e:
+    with pytest.raises(errors.InvalidArgument) as e11:
         client.import_capture(bad, capture_id="c2")
-    assert "events.jsonl" in e.value.message
+    assert "events.jsonl" in e11.value.message
     (tmp_path / "junk.tar.gz").write_bytes(b"not an archive")
     with pytest.raises(errors.InvalidArgument):
         client.import_capture(tmp_path / "junk.tar.gz")
 
 
 def test_service_filter_window_check() -> None:
-    with pytest.raises(domain_errors.InvalidArgument) as e:
+    with pytest.raises(domain_errors.InvalidArgument) as e12:
         EventFilter(start_ms=10, end_ms=5).check()
-    assert e.value.field == "filter.end_time"
+    assert e12.value.field == "filter.end_time"
     assert make_filter(kinds=["stat"]).kinds == [event_pb2.EVENT_KIND_STAT]

@@ -5,21 +5,25 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from test_recorder_support import create_ion, event
 
 from relive.cli.main import main
 from relive.cli.timeparse import parse_time
 from relive.client.recorder import RecorderClient
 from relive.core.serving import Server
 from relive.errors import InvalidArgument
-from test_recorder_support import create_ion, event
 
 
 @pytest.fixture
 def cli_env(
-    monkeypatch: pytest.MonkeyPatch, recorder_server: Server, registry_server: Server, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
+    recorder_server: Server,
+    registry_server: Server,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.delenv("RELIVE_ENDPOINT", raising=False)
     monkeypatch.setenv("RELIVE_DATA_DIR", str(tmp_path / "data"))
@@ -42,7 +46,7 @@ def recent(recorder_channel: grpc.Channel, registry_channel: grpc.Channel, cli_e
     return start
 
 
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     capsys.readouterr()
     assert main([*argv, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
@@ -52,11 +56,11 @@ def test_events_command(recent: int, capsys: pytest.CaptureFixture[str]) -> None
     everything = run_json(capsys, "events", "demo")
     assert isinstance(everything, list) and len(everything) == 30
     windowed = run_json(capsys, "events", "demo", "--from", "-10m", "--kind", "stat")
-    assert 8 <= len(windowed) <= 11  # type: ignore[arg-type]
+    assert 8 <= len(windowed) <= 11
     logs = run_json(capsys, "events", "demo", "--kind", "log")
-    assert [e["log"]["message"] for e in logs] == ["hello"]  # type: ignore[index, union-attr]
+    assert [e["log"]["message"] for e in logs] == ["hello"]
     arrival = run_json(capsys, "events", "demo", "--order", "arrival", "--node", "train")
-    seqs = [int(e["sequence"]) for e in arrival]  # type: ignore[union-attr, index]
+    seqs = [int(e["sequence"]) for e in arrival]
     assert seqs == sorted(seqs) and len(seqs) == 30
 
     assert main(["events", "demo", "--limit", "3"]) == 0
@@ -78,35 +82,49 @@ def test_bad_input_on_the_command_line(cli_env: None, capsys: pytest.CaptureFixt
 
 
 def test_capture_commands(recent: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    made = run_json(capsys, "capture", "create", "demo", "--name", "inc", "--from", "-20m",
-                    "--to", "-10m", "--description", "spike")
-    assert made["name"] == "ions/demo/captures/inc"  # type: ignore[index]
+    made = run_json(
+        capsys,
+        "capture",
+        "create",
+        "demo",
+        "--name",
+        "inc",
+        "--from",
+        "-20m",
+        "--to",
+        "-10m",
+        "--description",
+        "spike",
+    )
+    assert made["name"] == "ions/demo/captures/inc"
     listed = run_json(capsys, "capture", "list", "demo")
-    assert [c["name"] for c in listed] == ["ions/demo/captures/inc"]  # type: ignore[union-attr, index]
+    assert [c["name"] for c in listed] == ["ions/demo/captures/inc"]
     shown = run_json(capsys, "capture", "show", "demo/inc")
-    assert shown["description"] == "spike"  # type: ignore[index]
+    assert shown["description"] == "spike"
     updated = run_json(capsys, "capture", "update", "demo/inc", "--description", "the spike")
-    assert updated["description"] == "the spike"  # type: ignore[index]
+    assert updated["description"] == "the spike"
     assert main(["capture", "create", "demo", "--name", "inc", "--from", "-1h", "--to", "now"]) == 1
     assert "ALREADY_EXISTS" in capsys.readouterr().err
 
     out = tmp_path / "inc.tar.gz"
     exported = run_json(capsys, "capture", "export", "ions/demo/captures/inc", "-o", str(out))
-    assert out.exists() and exported["events"] == 10  # type: ignore[index]
+    assert out.exists() and exported["events"] == 10
     imported = run_json(capsys, "capture", "import", str(out), "--name", "inc-copy")
-    assert imported["events_already_present"] == 10  # type: ignore[index]
-    assert imported["capture"]["imported_from"] == "ions/demo/captures/inc"  # type: ignore[index]
+    assert imported["events_already_present"] == 10
+    assert imported["capture"]["imported_from"] == "ions/demo/captures/inc"
 
     capsys.readouterr()
     assert main(["capture", "replay", "demo/inc", "--speed", "0"]) == 0
     text = capsys.readouterr().out
     assert "replayed 10 events" in text
-    replayed = [json.loads(x) for x in _json_lines(capsys, "capture", "replay", "demo/inc",
-                                                    "--speed", "0", "--json")]
+    replayed = [
+        json.loads(x)
+        for x in _json_lines(capsys, "capture", "replay", "demo/inc", "--speed", "0", "--json")
+    ]
     assert len(replayed) == 10 and "playback_time" in replayed[0]
 
     run_json(capsys, "capture", "delete", "demo/inc-copy")
-    assert [c["name"] for c in run_json(capsys, "capture", "list", "-")] == [  # type: ignore[union-attr, index]
+    assert [c["name"] for c in run_json(capsys, "capture", "list", "-")] == [
         "ions/demo/captures/inc"
     ]
 
@@ -119,11 +137,11 @@ def _json_lines(capsys: pytest.CaptureFixture[str], *argv: str) -> list[str]:
 
 def test_retention_commands(recent: int, capsys: pytest.CaptureFixture[str]) -> None:
     policy = run_json(capsys, "retention", "set", "demo", "--days", "3")
-    assert policy["retention_days"] == 3  # type: ignore[index]
+    assert policy["retention_days"] == 3
     swept = run_json(capsys, "retention", "run", "demo", "--as-of", "+3d")
-    assert swept["events_deleted"] == 30  # type: ignore[index]
+    assert swept["events_deleted"] == 30
     shown = run_json(capsys, "retention", "show", "demo")
-    assert "last_sweep_time" in shown  # type: ignore[operator]
+    assert "last_sweep_time" in shown
     assert main(["retention", "set", "demo", "--days", "0"]) == 1
 
 

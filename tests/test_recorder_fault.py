@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import grpc
+from test_recorder_support import ServiceProcess, create_ion, service_env
 
 from relive.client.recorder import EventSink, RecorderClient
 from relive.core.config import Config
 from relive.core.serving import Server
-from test_recorder_support import ServiceProcess, create_ion, service_env
 
 TOTAL = 100_000
 PRODUCERS = 3
@@ -57,9 +57,7 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(
         client = RecorderClient(target)
         events = list(client.list_events(ion, order="arrival", page_size=10_000))
         identities = {(e.producer_id, e.producer_sequence) for e in events}
-        expected = {
-            (f"producer-{k}", i + 1) for k in range(PRODUCERS) for i in range(shares[k])
-        }
+        expected = {(f"producer-{k}", i + 1) for k in range(PRODUCERS) for i in range(shares[k])}
         assert len(events) == TOTAL
         assert identities == expected
         assert len({e.sequence for e in events}) == TOTAL

@@ -5,17 +5,18 @@ from __future__ import annotations
 import itertools
 import json
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_recorder_support import T0, content, create_ion, event, other_deployment
 
 from relive.client.recorder import RecorderClient
 from relive.core.config import Config
 from relive.hlc import HybridLogicalClock, Stamp
 from relive.recorder.v1 import event_pb2
-from test_recorder_support import T0, content, create_ion, event, other_deployment
 
 SETTINGS = settings(
     max_examples=15,
@@ -54,7 +55,11 @@ def test_causal_order_survives_skew_and_interleaving(
     client = RecorderClient(recorder_channel)
     ion = new_ion(registry_channel, "order")
     now = [T0]
-    clocks = [HybridLogicalClock(physical=lambda s=s: now[0] + s) for s in skews]
+
+    def wall(skew: int) -> Callable[[], int]:
+        return lambda: now[0] + skew
+
+    clocks = [HybridLogicalClock(physical=wall(s)) for s in skews]
     pseq = [0] * len(skews)
     queues: list[list[event_pb2.Event]] = [[] for _ in skews]
     causal: list[tuple[tuple[str, int], tuple[str, int]]] = []
@@ -137,7 +142,8 @@ def test_retention_never_deletes_captured_and_deletes_the_rest(
         cutoff = as_of - DAY
         r = client.run_retention(ion, as_of=as_of)
         doomed = {
-            p for p, ms in alive.items()
+            p
+            for p, ms in alive.items()
             if ms < cutoff and not any(s <= ms < e for s, e in live.values())
         }
         assert r.events_deleted == len(doomed)

@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -37,7 +37,9 @@ _ids = itertools.count(1)
 def create_ion(registry: grpc.Channel, ion: str = "demo", days: int = 7) -> str:
     stub = registry_pb2_grpc.RegistryServiceStub(registry)
     stub.CreateIon(
-        registry_pb2.CreateIonRequest(ion_id=ion, definition_yaml=ION_YAML.format(ion=ion, days=days))
+        registry_pb2.CreateIonRequest(
+            ion_id=ion, definition_yaml=ION_YAML.format(ion=ion, days=days)
+        )
     )
     return ion
 

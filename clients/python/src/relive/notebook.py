@@ -98,8 +98,20 @@ def _spans_frame(otlp: dict[str, Any]) -> pd.DataFrame:
                     }
                 )
     columns = [
-        "trace_id", "span_id", "parent_span_id", "name", "service", "kind", "start", "end",
-        "duration_ms", "status_code", "status_message", "run", "node", "attributes",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "name",
+        "service",
+        "kind",
+        "start",
+        "end",
+        "duration_ms",
+        "status_code",
+        "status_message",
+        "run",
+        "node",
+        "attributes",
     ]
     return pd.DataFrame(rows, columns=columns)
 
@@ -118,13 +130,23 @@ def load(path: str | Path, *, verify: bool = True) -> CaptureData:
                 if digest != info.get("sha256"):
                     raise ValueError(f"{name} does not match its sha256 in MANIFEST.json")
         capture = json.loads(_read(tar, "capture.json"))
-        dtypes = {"run": str, "node": str, "component": str, "producer_id": str,
-                  "event_id": str, "trace_id": str, "span_id": str, "type": str, "kind": str}
+        dtypes = {
+            "run": str,
+            "node": str,
+            "component": str,
+            "producer_id": str,
+            "event_id": str,
+            "trace_id": str,
+            "span_id": str,
+            "type": str,
+            "kind": str,
+        }
         with tar.extractfile("events.csv") as f:  # type: ignore[union-attr]
             events = pd.read_csv(f, dtype=dtypes, keep_default_na=False)
         with tar.extractfile("stats.csv") as f:  # type: ignore[union-attr]
-            stats = pd.read_csv(f, dtype={"run": str, "node": str, "name": str},
-                                keep_default_na=False)
+            stats = pd.read_csv(
+                f, dtype={"run": str, "node": str, "name": str}, keep_default_na=False
+            )
         for frame in (events, stats):
             if "time" in frame:
                 frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")

@@ -175,8 +175,9 @@ def _export(args: argparse.Namespace) -> int:
     size = Path(path).stat().st_size
     bar.close(f"wrote {path} ({size} bytes)")
     if args.json:
-        emit_json({"capture": name, "path": str(path), "bytes": size,
-                   "events": last.get("events", 0)})
+        emit_json(
+            {"capture": name, "path": str(path), "bytes": size, "events": last.get("events", 0)}
+        )
     return 0
 
 
@@ -186,8 +187,9 @@ def _import(args: argparse.Namespace) -> int:
         result = c.import_capture(
             args.file, capture_id=args.name, progress=lambda done, total: bar.update(done, total)
         )
-    bar.close(f"{result.events_imported} events imported, "
-              f"{result.events_already_present} already present")
+    bar.close(
+        f"{result.events_imported} events imported, {result.events_already_present} already present"
+    )
     if args.json:
         emit_json(
             {
@@ -211,8 +213,12 @@ def _replay(args: argparse.Namespace) -> int:
             n += 1
             e = message.event
             if args.json:
-                print(json.dumps({"playback_time": _ts(message.playback_time),
-                                  "event": event_json(e)}), flush=True)
+                print(
+                    json.dumps(
+                        {"playback_time": _ts(message.playback_time), "event": event_json(e)}
+                    ),
+                    flush=True,
+                )
             else:
                 if n == 1:
                     print("  ".join(HEADERS), flush=True)

@@ -27,18 +27,37 @@ def register(subparsers: Any) -> None:
     p.add_argument("ion", metavar="ION")
     p.add_argument("--from", dest="start", metavar="T", help="ISO 8601 or relative (-2h)")
     p.add_argument("--to", dest="end", metavar="T", help="ISO 8601 or relative (-15m)")
-    p.add_argument("--kind", action="append", default=[], metavar="K",
-                   help=f"event kind ({', '.join(sorted(KIND_NAMES))}); repeatable")
-    p.add_argument("--type", dest="types", action="append", default=[], metavar="TYPE",
-                   help="event type, e.g. run.launched; repeatable")
+    p.add_argument(
+        "--kind",
+        action="append",
+        default=[],
+        metavar="K",
+        help=f"event kind ({', '.join(sorted(KIND_NAMES))}); repeatable",
+    )
+    p.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="event type, e.g. run.launched; repeatable",
+    )
     p.add_argument("--node", action="append", default=[], metavar="N")
     p.add_argument("--run", action="append", default=[], metavar="RUN")
     p.add_argument("--trace", default="", metavar="ID", help="trace id (32 hex digits)")
     p.add_argument("--order", choices=("timeline", "arrival"), default="timeline")
-    p.add_argument("--follow", "-f", action="store_true",
-                   help="keep printing new events as they arrive (Ctrl-C stops)")
-    p.add_argument("--limit", type=int, default=1000,
-                   help="stop after this many events (0: no limit; default 1000)")
+    p.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing new events as they arrive (Ctrl-C stops)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=1000,
+        help="stop after this many events (0: no limit; default 1000)",
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 

@@ -53,9 +53,7 @@ def _show(args: argparse.Namespace) -> int:
         emit_json(policy)
     else:
         swept = (
-            policy.last_sweep_time.ToJsonString()
-            if policy.HasField("last_sweep_time")
-            else "never"
+            policy.last_sweep_time.ToJsonString() if policy.HasField("last_sweep_time") else "never"
         )
         print(f"{args.ion}: kept {policy.retention_days} days; last sweep: {swept}")
     return 0
@@ -66,8 +64,13 @@ def _run(args: argparse.Namespace) -> int:
     with contextlib.closing(client()) as c:
         result = c.run_retention(args.ion, as_of=as_of)
     if args.json:
-        emit_json(to_dict(result) | {"events_deleted": result.events_deleted,
-                                     "events_kept_by_captures": result.events_kept_by_captures})
+        emit_json(
+            to_dict(result)
+            | {
+                "events_deleted": result.events_deleted,
+                "events_kept_by_captures": result.events_kept_by_captures,
+            }
+        )
     else:
         cutoff = result.cutoff_time.ToJsonString()
         print(

@@ -27,7 +27,7 @@ RELATIVE_ARG = re.compile(r"^-\d+(\.\d+)?\s*(ms|s|m|h|d|w)?$")
 def accept_relative_times(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Lets ``--from -2h`` through: argparse takes any "-..." for an option unless it looks
     like a negative number, so this parser's idea of a negative number includes "-2h"."""
-    parser._negative_number_matcher = RELATIVE_ARG  # type: ignore[attr-defined]
+    parser._negative_number_matcher = RELATIVE_ARG
     return parser
 
 

@@ -117,7 +117,7 @@ def make_filter(
         types=list(types), nodes=list(nodes), runs=list(runs), trace_id=trace_id
     )
     for k in kinds:
-        f.kinds.append(KIND_NAMES[k.lower()] if isinstance(k, str) else k)
+        f.kinds.append(KIND_NAMES[k.lower()] if isinstance(k, str) else k)  # type: ignore[arg-type]
     if (ts := to_timestamp(start)) is not None:
         f.start_time.CopyFrom(ts)
     if (ts := to_timestamp(end)) is not None:
@@ -167,7 +167,7 @@ class RecorderClient:
         request = recorder_pb2.ListEventsRequest(
             parent=ion_parent(ion),
             filter=filter or recorder_pb2.EventFilter(),
-            order=_order(order),
+            order=_order(order),  # type: ignore[arg-type]
             page_size=page_size,
             page_token=page_token,
         )
@@ -351,7 +351,7 @@ class RecorderClient:
                         progress(sent, total)
 
         try:
-            return self.stub.ImportCapture(messages())  # type: ignore[no-any-return]
+            return self.stub.ImportCapture(messages())
         except grpc.RpcError as e:
             raise from_rpc_error(e) from e
 
@@ -849,9 +849,10 @@ class EventSink:
             try:
                 while True:
                     while len(inflight) < self._window:
-                        request = self._take(wait=not inflight)
-                        if request is None:
+                        taken = self._take(wait=not inflight)
+                        if taken is None:
                             break
+                        request = taken
                         request.batch_id = next_id
                         next_id += 1
                         inflight.append(request)
@@ -863,7 +864,7 @@ class EventSink:
                                 pass
                             return
                         continue
-                    ack = next(responses)
+                    ack = next(responses)  # type: ignore[call-overload]
                     request = inflight.popleft()
                     if ack.batch_id != request.batch_id:
                         log.error(

@@ -46,7 +46,7 @@ class RetentionSweeper:
 
 
 def _serialize(response: Any) -> bytes:
-    return response if isinstance(response, bytes) else response.SerializeToString()  # type: ignore[no-any-return]
+    return response if isinstance(response, bytes) else response.SerializeToString()
 
 
 class _RawListEvents:
@@ -59,6 +59,7 @@ class _RawListEvents:
     def _patch(self, handlers: dict[str, grpc.RpcMethodHandler]) -> dict[str, Any]:
         handlers = dict(handlers)
         h = handlers["ListEvents"]
+        assert h.unary_unary is not None
         handlers["ListEvents"] = grpc.unary_unary_rpc_method_handler(
             h.unary_unary,
             request_deserializer=h.request_deserializer,
@@ -76,7 +77,7 @@ class _RawListEvents:
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(service, patched),)
         )
-        self._server.add_registered_method_handlers(service, patched)
+        self._server.add_registered_method_handlers(service, patched)  # type: ignore[attr-defined]
 
 
 def create_server(config: Config) -> tuple[Server, int]:
@@ -90,7 +91,10 @@ def create_server(config: Config) -> tuple[Server, int]:
     servicer = RecorderServicer(service, exporter)
 
     def register(server: grpc.Server) -> None:
-        recorder_pb2_grpc.add_RecorderServiceServicer_to_server(servicer, _RawListEvents(server))
+        recorder_pb2_grpc.add_RecorderServiceServicer_to_server(
+            servicer,
+            _RawListEvents(server),  # type: ignore[arg-type]
+        )
 
     server = build_server(config, register, [SERVICE_NAME])
     sweeper = RetentionSweeper(service, config.retention_interval_s)

@@ -822,7 +822,7 @@ class RecorderService:
                 break
         next_token = ""
         if more and last is not None:
-            payload = dict(bound)
+            payload: dict[str, Any] = dict(bound)
             if order == ORDER_ARRIVAL:
                 payload["s"] = last[3]
             else:

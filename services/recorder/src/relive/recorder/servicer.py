@@ -105,7 +105,7 @@ def _order(value: int) -> str:
     raise errors.InvalidArgument(f"order {value} is not an EventOrder", field="order")
 
 
-class RecorderServicer(recorder_pb2_grpc.RecorderServiceServicer):  # type: ignore[misc]
+class RecorderServicer(recorder_pb2_grpc.RecorderServiceServicer):
     def __init__(self, service: RecorderService, exporter: Exporter) -> None:
         self.service = service
         self.exporter = exporter
@@ -129,7 +129,7 @@ class RecorderServicer(recorder_pb2_grpc.RecorderServiceServicer):  # type: igno
                 batch_id=request.batch_id, result=append_response(result)
             )
 
-    def ListEvents(
+    def ListEvents(  # type: ignore[override]
         self, request: recorder_pb2.ListEventsRequest, context: grpc.ServicerContext
     ) -> bytes:
         """Returns the serialized response: server.py registers a pass-through serializer."""

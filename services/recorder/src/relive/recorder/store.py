@@ -84,7 +84,7 @@ def level_of(span_ms: int) -> int:
 # ---- documents ---------------------------------------------------------------------------
 
 
-class EventBucket(me.Document):  # type: ignore[misc]
+class EventBucket(me.Document):
     """A batch of events of one ION (and one producer) as one compressed blob."""
 
     ion = me.StringField(required=True)
@@ -125,7 +125,7 @@ class EventBucket(me.Document):  # type: ignore[misc]
     }
 
 
-class SequenceCounter(me.Document):  # type: ignore[misc]
+class SequenceCounter(me.Document):
     """Per-ION arrival counter; one atomic ``$inc`` reserves a whole batch's sequences."""
 
     key = me.StringField(required=True, unique=True)
@@ -137,7 +137,7 @@ class SequenceCounter(me.Document):  # type: ignore[misc]
     }
 
 
-class EventIdClaim(me.Document):  # type: ignore[misc]
+class EventIdClaim(me.Document):
     """One per explicit event_id: the unique index is the dedup, ``bucket`` where it lives."""
 
     key = me.StringField(required=True, unique=True)
@@ -150,7 +150,7 @@ class EventIdClaim(me.Document):  # type: ignore[misc]
     }
 
 
-class CaptureDoc(me.Document):  # type: ignore[misc]
+class CaptureDoc(me.Document):
     """A named marker over a window; it holds no events."""
 
     key = me.StringField(required=True, unique=True)  # "<ion>:<capture>"
@@ -172,7 +172,7 @@ class CaptureDoc(me.Document):  # type: ignore[misc]
     }
 
 
-class RetentionDoc(me.Document):  # type: ignore[misc]
+class RetentionDoc(me.Document):
     key = me.StringField(required=True, unique=True)  # the ION id
     retention_days = me.IntField(required=True)
     last_sweep_time = me.DateTimeField()
