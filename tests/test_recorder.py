@@ -542,3 +542,26 @@ def test_service_filter_window_check() -> None:
         EventFilter(start_ms=10, end_ms=5).check()
     assert e12.value.field == "filter.end_time"
     assert make_filter(kinds=["stat"]).kinds == [event_pb2.EVENT_KIND_STAT]
+
+
+def test_export_can_include_model_bytes(
+    client: RecorderClient, ion: str, registry_channel: grpc.Channel, tmp_path: Path
+) -> None:
+    from relive.client.registry import RegistryClient
+
+    version = RegistryClient(registry_channel).upload_model("churn", b"model-bytes" * 100)
+    used = event(T0 + 5, type="model.logged")
+    used.model.model_version = version.name
+    used.model.action = "logged"
+    client.append(ion, [used])
+    client.create_capture(ion, "m", T0, T0 + 10)
+    path = tmp_path / "m.tar.gz"
+    client.export_capture(f"ions/{ion}/captures/m", path, include_models=True)
+    safe = version.name.replace("/", "_")
+    with tarfile.open(path) as tar:
+        blob = tar.extractfile(f"models/{safe}.bin").read()  # type: ignore[union-attr]
+        meta = json.loads(tar.extractfile(f"models/{safe}.json").read())  # type: ignore[union-attr]
+        capture = json.loads(tar.extractfile("capture.json").read())  # type: ignore[union-attr]
+    assert blob == b"model-bytes" * 100
+    assert meta["sha256"] == version.sha256
+    assert capture["model_versions"] == [version.name]

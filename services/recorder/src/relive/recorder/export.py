@@ -372,9 +372,9 @@ class Exporter:
         files.write_json("ion/ion.json", {"name": f"ions/{cap.ion}", "revisions": revisions})
 
     def _write_models(self, models: list[str], files: _Files) -> None:
-        download = getattr(self.registry, "download_model", None)
-        if download is None:
+        if self.registry is None:
             return
+        download = self.registry.download_model
         for name in models:
             safe = name.replace("/", "_")
             try:

@@ -6,9 +6,10 @@ The recorder never writes registry data except when an import recreates exported
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from typing import IO, Any, Protocol
 
 import grpc
+from google.protobuf import json_format
 
 from relive.core import errors
 from relive.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -24,6 +25,8 @@ class Registry(Protocol):
     def revisions(self, ion: str) -> list[registry_pb2.Revision]: ...
 
     def restore_revisions(self, ion: str, yamls: list[tuple[str, str]]) -> int: ...
+
+    def download_model(self, name: str, out: IO[bytes]) -> dict[str, Any]: ...
 
 
 def _domain_error(e: grpc.RpcError, what: str) -> errors.ReliveError:
@@ -135,3 +138,20 @@ class RegistryLink:
             created += 1
         self._known.add(ion)
         return created
+
+    def download_model(self, name: str, out: IO[bytes]) -> dict[str, Any]:
+        """Streams a model version's bytes into ``out``; returns its metadata as JSON."""
+        meta: dict[str, Any] = {}
+        try:
+            for message in self._stub().DownloadModelVersion(
+                registry_pb2.DownloadModelVersionRequest(name=name), timeout=300
+            ):
+                if message.WhichOneof("payload") == "chunk":
+                    out.write(message.chunk)
+                else:
+                    meta = json_format.MessageToDict(
+                        message.model_version, preserving_proto_field_name=True
+                    )
+        except grpc.RpcError as e:
+            raise _domain_error(e, f"cannot download {name}") from e
+        return meta
