@@ -39,7 +39,7 @@ class _Ref:
 class DirectRay:
     """Stands in for Ray: runs each component at once, in this process."""
 
-    class exceptions:  # noqa: N801 - mirrors ray.exceptions
+    class exceptions:
         class RayTaskError(Exception):
             def __init__(self, cause: BaseException) -> None:
                 super().__init__(str(cause))
@@ -94,8 +94,9 @@ def run_direct(definition_run: pb.Run, code_path: list[str]) -> tuple[float, int
     run.is_terminal = False
     for node in sorted(run.spec.definition.nodes):
         run.nodes.add(node=node, state=pb.RUN_STATE_PENDING)
-    env = RunEnv(recorder="", registry="", code_path=code_path, sink=sink, store=store,
-                 remote=fake, ray=fake)
+    env = RunEnv(
+        recorder="", registry="", code_path=code_path, sink=sink, store=store, remote=fake, ray=fake
+    )
     ex = RunExecution(run, env, Replay(), lambda r: None)
     t0 = time.perf_counter()
     ex._main()
@@ -138,8 +139,13 @@ def main() -> None:
     t0 = time.perf_counter()
     store = EmbeddedStore(tmp / "store")
     uri = store.start()
-    config = Config(data_dir=tmp / "data", mongodb_uri=uri, db_prefix=f"b{uuid.uuid4().hex[:8]}",
-                    code_path=(str(ROOT),), grace_s=0.5)
+    config = Config(
+        data_dir=tmp / "data",
+        mongodb_uri=uri,
+        db_prefix=f"b{uuid.uuid4().hex[:8]}",
+        code_path=(str(ROOT),),
+        grace_s=0.5,
+    )
     servers = []
     try:
         reg, reg_port = registry_server(config)
@@ -159,10 +165,15 @@ def main() -> None:
         ion_file = tmp / "bench.yaml"
         ion_file.write_text(random_ion_yaml(seed, "bench", pipelines))
         definition = random_ion(seed, "bench", pipelines)
-        n_components = sum(len(n["pipeline"]["components"]) for n in definition["nodes"].values()
-                           if "pipeline" in n)
-        with grpc.insecure_channel(f"127.0.0.1:{reg_port}") as rc, \
-                grpc.insecure_channel(f"127.0.0.1:{exe_port}") as ec:
+        n_components = sum(
+            len(n["pipeline"]["components"])
+            for n in definition["nodes"].values()
+            if "pipeline" in n
+        )
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{reg_port}") as rc,
+            grpc.insecure_channel(f"127.0.0.1:{exe_port}") as ec,
+        ):
             ion = RegistryClient(rc).register(ion_file).ion.name
             client = ExecutorClient(ec)
             t1 = time.perf_counter()
@@ -186,8 +197,10 @@ def main() -> None:
                 t_start = min(e.hlc.physical_ms for e in events)
                 for e in events:
                     if e.kind != 2:
-                        print(f"{e.hlc.physical_ms - t_start:6d} {e.type:20} {e.node}.{e.component}",
-                              file=sys.stderr)
+                        print(
+                            f"{e.hlc.physical_ms - t_start:6d} {e.type:20} {e.node}.{e.component}",
+                            file=sys.stderr,
+                        )
         directs = []
         executed = 0
         for _ in range(repeat):
@@ -195,25 +208,33 @@ def main() -> None:
             directs.append(d)
         relaunch_s = statistics.median(relaunches)
         direct_s = statistics.median(directs)
-        print(json.dumps({
-            "pipelines": pipelines,
-            "components": n_components,
-            "component_runs": executed,
-            "relaunch_s": round(relaunch_s, 3),
-            "direct_s": round(direct_s, 3),
-            "ratio": round(relaunch_s / direct_s, 2) if direct_s else None,
-            "startup_s": round(startup_s, 3),
-            "first_launch_s": round(first_launch_s, 3),
-            "ray_task_roundtrip_ms": round(overhead_ms, 2),
-            "overhead_per_component_ms": round((relaunch_s - direct_s) / max(1, executed) * 1000,
-                                               1),
-            "verification": pb.VerificationStatus.Name(verification.status).removeprefix(
-                "VERIFICATION_STATUS_"),
-            "repeat": repeat,
-            "note": "relaunch_s: RelaunchRun to terminal, through Ray, the recorder and the "
+        print(
+            json.dumps(
+                {
+                    "pipelines": pipelines,
+                    "components": n_components,
+                    "component_runs": executed,
+                    "relaunch_s": round(relaunch_s, 3),
+                    "direct_s": round(direct_s, 3),
+                    "ratio": round(relaunch_s / direct_s, 2) if direct_s else None,
+                    "startup_s": round(startup_s, 3),
+                    "first_launch_s": round(first_launch_s, 3),
+                    "ray_task_roundtrip_ms": round(overhead_ms, 2),
+                    "overhead_per_component_ms": round(
+                        (relaunch_s - direct_s) / max(1, executed) * 1000, 1
+                    ),
+                    "verification": pb.VerificationStatus.Name(verification.status).removeprefix(
+                        "VERIFICATION_STATUS_"
+                    ),
+                    "repeat": repeat,
+                    "note": "relaunch_s: RelaunchRun to terminal, through Ray, the recorder and "
+                    "the "
                     "registry; direct_s: the same spec and components in one process, nothing "
                     "recorded; startup_s: store + services + Ray, paid once per process",
-        }, indent=2))
+                },
+                indent=2,
+            )
+        )
     finally:
         for s in servers:
             s.stop(0.5)

@@ -71,8 +71,14 @@ def start_stack(config: Config) -> tuple[list[Server], Stack]:
     exe, exe_port = executor_server(cfg)
     exe.start()
     channels = [grpc.insecure_channel(f"127.0.0.1:{p}") for p in (reg_port, exe_port)]
-    stack = Stack(cfg, RegistryClient(channels[0]), RecorderClient(f"127.0.0.1:{rec_port}"),
-                  ExecutorClient(channels[1], user="tester"), exe, channels)
+    stack = Stack(
+        cfg,
+        RegistryClient(channels[0]),
+        RecorderClient(f"127.0.0.1:{rec_port}"),
+        ExecutorClient(channels[1], user="tester"),
+        exe,
+        channels,
+    )
     return [exe, rec, reg], stack
 
 
@@ -91,7 +97,7 @@ def since(seconds: float = 2.0) -> dt.datetime:
     return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -1,4 +1,5 @@
 """Every example ION is launched, captured, relaunched from the capture, and verified MATCH."""
+# ruff: noqa: F811 - fixtures are imported from tests/executor_fixtures.py
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def test_example_relaunched_from_capture_matches(stack: Stack, pattern: str) -> 
     assert relaunch.state == pb.RUN_STATE_SUCCEEDED, relaunch.error_message
 
     verification = stack.executor.verify(original.name, relaunch.name)
-    mismatches = {n.node: n.reason for n in verification.nodes
-                  if n.status != pb.VERIFICATION_STATUS_MATCH}
+    mismatches = {
+        n.node: n.reason for n in verification.nodes if n.status != pb.VERIFICATION_STATUS_MATCH
+    }
     assert not mismatches
     assert verification.status == pb.VERIFICATION_STATUS_MATCH
     assert {n.node for n in verification.nodes} == set(original.spec.definition.nodes)

@@ -1,4 +1,5 @@
 """The executor seen from its API: launch, policies, runs, relaunch, verification, bad input."""
+# ruff: noqa: F811 - fixtures are imported from tests/executor_fixtures.py
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
 
 from relive import errors
 from relive.executor.v1 import executor_pb2 as pb
@@ -31,7 +33,10 @@ nodes:
     pipeline:
       components:
         load: {call: STEPS:load, params: {dataset: iris}}
-        fit: {call: STEPS:fit, after: [load], params: {model: forest, n_estimators: 5, unseeded: UNSEEDED}}
+        fit:
+          call: STEPS:fit
+          after: [load]
+          params: {model: forest, n_estimators: 5, unseeded: UNSEEDED}
         evaluate: {call: STEPS:evaluate, after: [fit]}
       outputs: {model: fit}
   gate:
@@ -48,15 +53,20 @@ edges:
 
 
 def write_ion(tmp_path: Path, name: str, unseeded: bool = False, timeout: float = 120) -> Path:
-    text = (TRAIN_AND_SCORE.replace("NAME", name).replace("STEPS", STEPS)
-            .replace("UNSEEDED", str(unseeded).lower()).replace("TIMEOUT", f"{timeout:g}"))
+    text = (
+        TRAIN_AND_SCORE.replace("NAME", name)
+        .replace("STEPS", STEPS)
+        .replace("UNSEEDED", str(unseeded).lower())
+        .replace("TIMEOUT", f"{timeout:g}")
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     return path
 
 
-def approve_when_waiting(stack: Stack, run: str, node: str = "gate", approve: bool = True
-                         ) -> pb.Run:
+def approve_when_waiting(
+    stack: Stack, run: str, node: str = "gate", approve: bool = True
+) -> pb.Run:
     wait_for(lambda: stack.executor.get(run).state == pb.RUN_STATE_WAITING, 180)
     return stack.executor.approve(run, node, approve=approve, comment="checked by hand")
 
@@ -84,10 +94,19 @@ def test_launch_freezes_spec_and_records_everything(stack: Stack, tmp_path: Path
     events = list(stack.recorder.list_events(ion, runs=[run.name]))
     types = [e.type for e in events]
     launched = events[types.index("run.launched")]
-    assert launched.lifecycle.details["spec"]["seed"] == "42"
-    for t in ("run.started", "node.started", "node.finished", "component.started",
-              "component.finished", "model.logged", "dataset.used", "prediction_digest",
-              "human.approval", "run.finished"):
+    assert json_format.MessageToDict(launched.lifecycle.details)["spec"]["seed"] == "42"
+    for t in (
+        "run.started",
+        "node.started",
+        "node.finished",
+        "component.started",
+        "component.finished",
+        "model.logged",
+        "dataset.used",
+        "prediction_digest",
+        "human.approval",
+        "run.finished",
+    ):
         assert t in types, t
     stats = {(e.component, e.stat.name) for e in events if e.type == "stat"}
     for name in ("sys.wall_s", "sys.cpu_s", "sys.peak_rss_mb"):
@@ -108,18 +127,18 @@ def test_bad_input_names_what_is_wrong(stack: Stack, tmp_path: Path) -> None:
         stack.executor.launch(ion, revision=7)
     assert e.value.field == "revision_id" and "revision 7" in e.value.message
 
-    with pytest.raises(errors.InvalidArgument) as e:
+    with pytest.raises(errors.InvalidArgument) as bad:
         stack.executor.launch(ion, overrides={"train.fit.learning_rate": "0.1"})
-    assert e.value.field == "overrides[train.fit.learning_rate]"
-    assert "learning_rate" in e.value.message and "n_estimators" in e.value.message
-    with pytest.raises(errors.InvalidArgument) as e:
+    assert bad.value.field == "overrides[train.fit.learning_rate]"
+    assert "learning_rate" in bad.value.message and "n_estimators" in bad.value.message
+    with pytest.raises(errors.InvalidArgument) as bad:
         stack.executor.launch(ion, overrides={"nope.fit.C": "1"})
-    assert "nope" in e.value.message
+    assert "nope" in bad.value.message
 
     run = stack.executor.launch(ion)
-    with pytest.raises(errors.FailedPrecondition) as e:
+    with pytest.raises(errors.FailedPrecondition) as pre:
         stack.executor.approve(run.name, "infer")
-    assert e.value.reason == "NOT_WAITING" and "infer" in e.value.message
+    assert pre.value.reason == "NOT_WAITING" and "infer" in pre.value.message
     with pytest.raises(errors.NotFound):
         stack.executor.approve(run.name, "ghost")
     approve_when_waiting(stack, run.name)
@@ -127,9 +146,9 @@ def test_bad_input_names_what_is_wrong(stack: Stack, tmp_path: Path) -> None:
 
     # A capture whose window holds no run.launched event has no launch spec.
     empty = stack.recorder.create_capture(ion, "empty", since(3600), since(3000))
-    with pytest.raises(errors.FailedPrecondition) as e:
+    with pytest.raises(errors.FailedPrecondition) as pre:
         stack.executor.relaunch(capture=empty.name)
-    assert e.value.reason == "NO_LAUNCH_SPEC" and "run.launched" in e.value.message
+    assert pre.value.reason == "NO_LAUNCH_SPEC" and "run.launched" in pre.value.message
 
     with pytest.raises(errors.NotFound):
         stack.executor.get(f"{ion}/runs/run-99")
@@ -137,8 +156,7 @@ def test_bad_input_names_what_is_wrong(stack: Stack, tmp_path: Path) -> None:
         stack.executor.relaunch(run=run.name, pipelines=["gate"])
 
 
-def test_unseeded_component_is_caught_as_mismatch_at_its_node(stack: Stack, tmp_path: Path
-                                                               ) -> None:
+def test_unseeded_component_is_caught_as_mismatch_at_its_node(stack: Stack, tmp_path: Path) -> None:
     ion = stack.register(write_ion(tmp_path, "unseeded", unseeded=True))
     run = stack.executor.launch(ion, seed=5)
     approve_when_waiting(stack, run.name)
@@ -155,8 +173,7 @@ def test_unseeded_component_is_caught_as_mismatch_at_its_node(stack: Stack, tmp_
     assert by_node["gate"].status == pb.VERIFICATION_STATUS_MATCH
 
 
-def test_single_pipeline_relaunch_reuses_the_upstream_model(stack: Stack, tmp_path: Path
-                                                             ) -> None:
+def test_single_pipeline_relaunch_reuses_the_upstream_model(stack: Stack, tmp_path: Path) -> None:
     ion = stack.register(write_ion(tmp_path, "reuse"))
     run = stack.executor.launch(ion, seed=9)
     approve_when_waiting(stack, run.name)
@@ -169,8 +186,11 @@ def test_single_pipeline_relaunch_reuses_the_upstream_model(stack: Stack, tmp_pa
     nodes = {n.node: n for n in relaunch.nodes}
     assert not nodes["train"].executed and nodes["train"].outputs["model"] == upstream
     assert nodes["infer"].executed
-    loaded = [e for e in stack.recorder.list_events(ion, runs=[relaunch.name])
-              if e.type == "model.loaded" and e.node == "infer"]
+    loaded = [
+        e
+        for e in stack.recorder.list_events(ion, runs=[relaunch.name])
+        if e.type == "model.loaded" and e.node == "infer"
+    ]
     mv = stack.registry.get_model_version(upstream)
     assert loaded and {e.model.sha256 for e in loaded} == {mv.sha256}
     assert {e.model.model_version for e in loaded} == {upstream}
@@ -179,8 +199,9 @@ def test_single_pipeline_relaunch_reuses_the_upstream_model(stack: Stack, tmp_pa
     assert {n.node: n.reused for n in v.nodes}["train"]
 
 
-def test_approval_rejected_or_timed_out_fails_the_run_with_the_reason(stack: Stack,
-                                                                       tmp_path: Path) -> None:
+def test_approval_rejected_or_timed_out_fails_the_run_with_the_reason(
+    stack: Stack, tmp_path: Path
+) -> None:
     ion = stack.register(write_ion(tmp_path, "reject"))
     run = stack.executor.launch(ion)
     approve_when_waiting(stack, run.name, approve=False)
@@ -197,14 +218,16 @@ def test_approval_rejected_or_timed_out_fails_the_run_with_the_reason(stack: Sta
 
 def test_cancel_stops_the_ray_tasks(stack: Stack, tmp_path: Path) -> None:
     path = tmp_path / "slow.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         name: slow
         nodes:
           wait:
             pipeline:
               components:
                 sleep: {call: tests.executor_components:slow, params: {seconds: 120}}
-    """))
+    """)
+    )
     ion = stack.register(path)
     run = stack.executor.launch(ion)
     wait_for(lambda: stack.executor.get(run.name).state == pb.RUN_STATE_RUNNING, 60)
@@ -219,14 +242,16 @@ def test_cancel_stops_the_ray_tasks(stack: Stack, tmp_path: Path) -> None:
     assert states == [pb.RUN_STATE_CANCELLED]
 
 
-def test_relaunch_refuses_a_changed_dataset_unless_drift_is_allowed(stack: Stack,
-                                                                    tmp_path: Path) -> None:
+def test_relaunch_refuses_a_changed_dataset_unless_drift_is_allowed(
+    stack: Stack, tmp_path: Path
+) -> None:
     rng = np.random.default_rng(0)
     data = tmp_path / "data.csv"
     x = rng.normal(size=(60, 3))
     np.savetxt(data, np.column_stack([x, (x[:, 0] > 0).astype(int)]), delimiter=",")
     path = tmp_path / "csv.yaml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         name: csv
         nodes:
           train:
@@ -234,7 +259,8 @@ def test_relaunch_refuses_a_changed_dataset_unless_drift_is_allowed(stack: Stack
               components:
                 fit: {{call: tests.executor_components:fit_csv, params: {{data_uri: "file://{data}"}}}}
               outputs: {{model: fit}}
-    """))
+    """)
+    )
     ion = stack.register(path)
     original = stack.run_to_end(ion)
     assert original.state == pb.RUN_STATE_SUCCEEDED, original.error_message
@@ -245,33 +271,37 @@ def test_relaunch_refuses_a_changed_dataset_unless_drift_is_allowed(stack: Stack
     with pytest.raises(errors.FailedPrecondition) as e:
         stack.executor.relaunch(run=original.name)
     assert e.value.reason == "DATASET_CHANGED" and str(data) in e.value.message
-    drifted = stack.executor.wait(stack.executor.relaunch(run=original.name,
-                                                          allow_drift=True).name)
+    drifted = stack.executor.wait(stack.executor.relaunch(run=original.name, allow_drift=True).name)
     assert drifted.state == pb.RUN_STATE_SUCCEEDED
     v = stack.executor.verify(original.name, drifted.name)
     assert v.status == pb.VERIFICATION_STATUS_MISMATCH
 
 
-def test_command_component_gets_relive_variables_and_traceparent(stack: Stack,
-                                                                 tmp_path: Path) -> None:
+def test_command_component_gets_relive_variables_and_traceparent(
+    stack: Stack, tmp_path: Path
+) -> None:
     script = tmp_path / "component.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import json, os
         assert os.environ["TRACEPARENT"].startswith("00-")
         assert os.environ["RELIVE_RECORDER_ENDPOINT"]
         params = json.loads(os.environ["RELIVE_PARAMS"])
         print(json.dumps({"stat": "answer", "value": params["x"] * 2}))
         print("node", os.environ["RELIVE_NODE"], "seed", os.environ["RELIVE_SEED"])
-    """))
+    """)
+    )
     path = tmp_path / "cmd.yaml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         name: cmd
         nodes:
           other:
             pipeline:
               components:
                 run: {{command: ["{sys.executable}", "{script}"], params: {{x: 21}}}}
-    """))
+    """)
+    )
     ion = stack.register(path)
     run = stack.run_to_end(ion, seed=3)
     assert run.state == pb.RUN_STATE_SUCCEEDED, run.error_message
@@ -283,8 +313,14 @@ def test_command_component_gets_relive_variables_and_traceparent(stack: Stack,
 
 
 def test_schedule_every_n_launches_reuses_the_last_model(stack: Stack, tmp_path: Path) -> None:
-    text = write_ion(tmp_path, "sched").read_text().replace(
-        "      outputs: {model: fit}", "      outputs: {model: fit}\n    schedule: {every_launches: 2}")
+    text = (
+        write_ion(tmp_path, "sched")
+        .read_text()
+        .replace(
+            "      outputs: {model: fit}",
+            "      outputs: {model: fit}\n    schedule: {every_launches: 2}",
+        )
+    )
     path = tmp_path / "sched2.yaml"
     path.write_text(text.replace("name: sched", "name: sched2"))
     ion = stack.register(path)

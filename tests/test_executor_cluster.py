@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,21 +35,37 @@ def ray_cluster(tmp_path: Path) -> Iterator[str]:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     log = (tmp_path / "ray.log").open("wb")
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         f"--temp-dir={temp_dir}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            probe = subprocess.run([str(BIN / "ray"), "status", f"--address={address}"], env=env,
-                                   capture_output=True, check=False)
+            probe = subprocess.run(
+                [str(BIN / "ray"), "status", f"--address={address}"],
+                env=env,
+                capture_output=True,
+                check=False,
+            )
             if probe.returncode == 0:
                 break
             if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray start --head did not come up: {(tmp_path / 'ray.log').read_text()[-2000:]}")
+                tail = (tmp_path / "ray.log").read_text()[-2000:]
+                pytest.fail(f"ray start --head did not come up: {tail}")
             time.sleep(1)
         yield address
     finally:
@@ -56,16 +73,15 @@ def ray_cluster(tmp_path: Path) -> Iterator[str]:
             os.killpg(head.pid, signal.SIGTERM)
             head.wait(30)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(head.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_executor_runs_on_an_existing_cluster(config: Config, registry_server, recorder_server,
-                                              ray_cluster: str, tmp_path: Path) -> None:
+def test_executor_runs_on_an_existing_cluster(
+    config: Config, registry_server, recorder_server, ray_cluster: str, tmp_path: Path
+) -> None:
     port_file = tmp_path / "executor.port"
     env = {
         **os.environ,
@@ -78,9 +94,19 @@ def test_executor_runs_on_an_existing_cluster(config: Config, registry_server, r
         "RELIVE_CODE_PATH": str(REPO_ROOT),
     }
     executor = subprocess.Popen(
-        [sys.executable, "-m", "relive.executor.server", "--port", "0", "--port-file",
-         str(port_file)], env=env, stdout=(tmp_path / "executor.log").open("wb"),
-        stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "relive.executor.server",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
+        env=env,
+        stdout=(tmp_path / "executor.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 120
         while not port_file.exists():
@@ -88,8 +114,10 @@ def test_executor_runs_on_an_existing_cluster(config: Config, registry_server, r
             assert time.monotonic() < deadline
             time.sleep(0.2)
         port = json.loads(port_file.read_text())["port"]
-        with grpc.insecure_channel(f"127.0.0.1:{registry_server.port}") as rc, \
-                grpc.insecure_channel(f"127.0.0.1:{port}") as ec:
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{registry_server.port}") as rc,
+            grpc.insecure_channel(f"127.0.0.1:{port}") as ec,
+        ):
             ion = RegistryClient(rc).register(EXAMPLES / "offline" / "ion.yaml").ion.name
             client = ExecutorClient(ec)
             run = client.wait(client.launch(ion, seed=11).name, timeout=300)

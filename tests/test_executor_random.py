@@ -1,6 +1,7 @@
 """The paper's evaluation as a test: random IONs of 2 to 10 dependent pipelines mixing the
 patterns are launched, captured, relaunched in one step, and verified MATCH on every node."""
 
+# ruff: noqa: F811 - fixtures are imported from tests/executor_fixtures.py
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
@@ -11,11 +12,16 @@ from relive.executor.v1 import executor_pb2 as pb
 from tests.executor_fixtures import Stack, ray_session, since, stack  # noqa: F401
 
 
-@settings(max_examples=3, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=3,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(seed=st.integers(min_value=0, max_value=2**31 - 1))
-def test_random_ion_relaunch_matches_on_every_node(stack: Stack, tmp_path_factory, seed: int
-                                                   ) -> None:
+def test_random_ion_relaunch_matches_on_every_node(
+    stack: Stack, tmp_path_factory, seed: int
+) -> None:
     name = f"rnd-{seed}"
     path = tmp_path_factory.mktemp("ion") / f"{name}.yaml"
     path.write_text(random_ion_yaml(seed, name))

@@ -19,8 +19,9 @@ DATASET = "breast_cancer"
 
 
 @component
-def load(ctx: RunContext, dataset: str = DATASET, seed: int = 0, test_size: float = 0.25
-         ) -> dict[str, np.ndarray]:
+def load(
+    ctx: RunContext, dataset: str = DATASET, seed: int = 0, test_size: float = 0.25
+) -> dict[str, np.ndarray]:
     """Reads the data set (URI and content hash recorded) and splits it the same way each run."""
     features, target = ctx.use_dataset(dataset)
     x_train, x_test, y_train, y_test = train_test_split(

@@ -14,33 +14,40 @@ DATASET = "iris"
 
 
 def _train(model: str) -> dict[str, Any]:
-    params = {"model": model}
+    params: dict[str, Any] = {"model": model}
     if model == "tree":
         params["max_depth"] = 3
-    return {"pipeline": {
-        "components": {
-            "load": {"call": f"{STEPS}:load", "params": {"dataset": DATASET}},
-            "fit": {"call": f"{STEPS}:fit", "after": ["load"], "params": params},
-            "evaluate": {"call": f"{STEPS}:evaluate", "after": ["fit"]},
-        },
-        "outputs": {"model": "fit"},
-    }}
+    return {
+        "pipeline": {
+            "components": {
+                "load": {"call": f"{STEPS}:load", "params": {"dataset": DATASET}},
+                "fit": {"call": f"{STEPS}:fit", "after": ["load"], "params": params},
+                "evaluate": {"call": f"{STEPS}:evaluate", "after": ["fit"]},
+            },
+            "outputs": {"model": "fit"},
+        }
+    }
 
 
 def _refit() -> dict[str, Any]:
-    return {"pipeline": {
-        "components": {
-            "load": {"call": f"{STEPS}:load", "params": {"dataset": DATASET, "test_size": 0.4}},
-            "refit": {"call": f"{STEPS}:refit", "after": ["load"]},
-            "evaluate": {"call": f"{STEPS}:evaluate_refit", "after": ["refit"]},
-        },
-        "outputs": {"model": "refit"},
-    }}
+    return {
+        "pipeline": {
+            "components": {
+                "load": {"call": f"{STEPS}:load", "params": {"dataset": DATASET, "test_size": 0.4}},
+                "refit": {"call": f"{STEPS}:refit", "after": ["load"]},
+                "evaluate": {"call": f"{STEPS}:evaluate_refit", "after": ["refit"]},
+            },
+            "outputs": {"model": "refit"},
+        }
+    }
 
 
 def _score(streaming: bool) -> dict[str, Any]:
-    node: dict[str, Any] = {"pipeline": {"components": {
-        "score": {"call": f"{STEPS}:score", "params": {"dataset": DATASET}}}}}
+    node: dict[str, Any] = {
+        "pipeline": {
+            "components": {"score": {"call": f"{STEPS}:score", "params": {"dataset": DATASET}}}
+        }
+    }
     if streaming:
         node["streaming"] = {"batches": 3, "batch_size": 10, "score": "score"}
     return node
@@ -73,11 +80,15 @@ def random_ion(seed: int, name: str, pipelines: int | None = None) -> dict[str, 
             a, b = rng.sample(producers, 2)
             kind = rng.choice(["ensemble", "ab_split"])
             pid = f"{kind}{count}"
-            nodes[pid] = ({"policy": "ensemble", "params": {"members": [a, b], "method": "vote"}}
-                          if kind == "ensemble" else
-                          {"policy": "ab_split", "params": {"weights": {a: 0.6, b: 0.4}}})
-            edges += [{"from": a, "to": pid, "carries": "model"},
-                      {"from": b, "to": pid, "carries": "model"}]
+            nodes[pid] = (
+                {"policy": "ensemble", "params": {"members": [a, b], "method": "vote"}}
+                if kind == "ensemble"
+                else {"policy": "ab_split", "params": {"weights": {a: 0.6, b: 0.4}}}
+            )
+            edges += [
+                {"from": a, "to": pid, "carries": "model"},
+                {"from": b, "to": pid, "carries": "model"},
+            ]
             producers.append(pid)
             combined.add(pid)
             continue
@@ -87,8 +98,10 @@ def random_ion(seed: int, name: str, pipelines: int | None = None) -> dict[str, 
             pid = f"{'gate' if kind == 'approval' else 'transfer'}{count}"
             is_pipeline = "pipeline" in nodes[source]
             if kind == "approval" and is_pipeline:
-                nodes[pid] = {"policy": "approval", "params": {
-                    "auto_if": "stats.accuracy >= 0.5", "timeout_s": 60}}
+                nodes[pid] = {
+                    "policy": "approval",
+                    "params": {"auto_if": "stats.accuracy >= 0.5", "timeout_s": 60},
+                }
             else:
                 nodes[pid] = {"policy": "model_transfer"}
             edges.append({"from": source, "to": pid, "carries": "model"})
@@ -106,11 +119,15 @@ def random_ion(seed: int, name: str, pipelines: int | None = None) -> dict[str, 
             control_source = rng.choice([p for p in producers if p != source])
             control = add_pipeline(_score(True))
             canary = f"canary{count}"
-            nodes[canary] = {"policy": "canary", "params": {"control": control,
-                                                             "max_disagreement": 0.5}}
-            edges += [{"from": source, "to": primary, "carries": "model"},
-                      {"from": control_source, "to": control, "carries": "model"},
-                      {"from": source, "to": canary, "carries": "model"}]
+            nodes[canary] = {
+                "policy": "canary",
+                "params": {"control": control, "max_disagreement": 0.5},
+            }
+            edges += [
+                {"from": source, "to": primary, "carries": "model"},
+                {"from": control_source, "to": control, "carries": "model"},
+                {"from": source, "to": canary, "carries": "model"},
+            ]
         else:
             nid = add_pipeline(_score(rng.random() < 0.5))
             edges.append({"from": source, "to": nid, "carries": "model"})

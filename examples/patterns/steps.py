@@ -27,7 +27,8 @@ def load(ctx: RunContext, dataset: str, test_size: float = 0.3) -> dict[str, Any
     X, y = ctx.use_dataset(dataset)
     stratify = None if dataset.split("://")[-1] in REGRESSION else y
     x_train, x_test, y_train, y_test = train_test_split(
-        X, y, test_size=test_size, random_state=ctx.random_state, stratify=stratify)
+        X, y, test_size=test_size, random_state=ctx.random_state, stratify=stratify
+    )
     # Each retraining round sees a different seeded subsample, as fresh data would be.
     if ctx.round:
         keep = ctx.rng.choice(len(x_train), size=int(len(x_train) * 0.9), replace=False)
@@ -38,26 +39,36 @@ def load(ctx: RunContext, dataset: str, test_size: float = 0.3) -> dict[str, Any
 
 def _estimator(kind: str, seed: int, **p: Any) -> Any:
     if kind == "logreg":
-        return make_pipeline(StandardScaler(), LogisticRegression(
-            C=float(p.get("C", 1.0)), max_iter=2000))
+        return make_pipeline(
+            StandardScaler(), LogisticRegression(C=float(p.get("C", 1.0)), max_iter=2000)
+        )
     if kind == "tree":
         return DecisionTreeClassifier(max_depth=p.get("max_depth") or None, random_state=seed)
     if kind == "forest":
-        return RandomForestClassifier(n_estimators=int(p.get("n_estimators", 20)),
-                                      max_depth=p.get("max_depth") or None, random_state=seed)
+        return RandomForestClassifier(
+            n_estimators=int(p.get("n_estimators", 20)),
+            max_depth=p.get("max_depth") or None,
+            random_state=seed,
+        )
     if kind == "ridge":
         return make_pipeline(StandardScaler(), Ridge(alpha=float(p.get("alpha", 1.0))))
     if kind == "tree_regressor":
         return DecisionTreeRegressor(max_depth=p.get("max_depth") or None, random_state=seed)
     if kind == "forest_regressor":
-        return RandomForestRegressor(n_estimators=int(p.get("n_estimators", 20)),
-                                     random_state=seed)
+        return RandomForestRegressor(n_estimators=int(p.get("n_estimators", 20)), random_state=seed)
     raise ValueError(f"unknown model kind {kind!r}")
 
 
 @component
-def fit(ctx: RunContext, model: str = "logreg", C: float = 1.0, max_depth: int = 0,
-        n_estimators: int = 20, alpha: float = 1.0, unseeded: bool = False) -> Any:
+def fit(
+    ctx: RunContext,
+    model: str = "logreg",
+    C: float = 1.0,
+    max_depth: int = 0,
+    n_estimators: int = 20,
+    alpha: float = 1.0,
+    unseeded: bool = False,
+) -> Any:
     """Fits the model on the training split; ``unseeded`` breaks determinism on purpose."""
     data = ctx.inputs["load"]
     x, y = data["x_train"], data["y_train"]
@@ -65,8 +76,7 @@ def fit(ctx: RunContext, model: str = "logreg", C: float = 1.0, max_depth: int =
     if unseeded:  # an RNG that is not taken from the spec: a relaunch cannot repeat it
         rows = np.random.default_rng().choice(len(x), size=int(len(x) * 0.8), replace=False)
         x, y = x[rows], y[rows]
-    est = _estimator(model, seed, C=C, max_depth=max_depth, n_estimators=n_estimators,
-                     alpha=alpha)
+    est = _estimator(model, seed, C=C, max_depth=max_depth, n_estimators=n_estimators, alpha=alpha)
     est.fit(x, y)
     return est
 

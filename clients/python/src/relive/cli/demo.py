@@ -24,13 +24,24 @@ REPLAY_SECONDS = 3.0
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("demo", help="run the main job end to end: launch, fault, "
-                                           "capture, replay, export, relaunch, verify")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="where the demo's stack keeps its data (default: a new directory "
-                        "under RELIVE_DATA_DIR or .relive/)")
-    p.add_argument("--ion", type=Path, default=None, help="the ION file (default: the "
-                                                          "scheduled-retraining example)")
+    p = subparsers.add_parser(
+        "demo",
+        help="run the main job end to end: launch, fault, "
+        "capture, replay, export, relaunch, verify",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the demo's stack keeps its data (default: a new directory "
+        "under RELIVE_DATA_DIR or .relive/)",
+    )
+    p.add_argument(
+        "--ion",
+        type=Path,
+        default=None,
+        help="the ION file (default: the scheduled-retraining example)",
+    )
     add_json_flag(p)
     p.set_defaults(func=_demo)
 
@@ -40,8 +51,9 @@ def repo_root() -> Path:
     for candidate in (Path.cwd(), *Path(__file__).resolve().parents):
         if (candidate / "examples" / "retrain" / "ion.yaml").exists():
             return candidate
-    raise FileNotFoundError("cannot find examples/retrain/ion.yaml: run relive demo from the "
-                            "relive checkout")
+    raise FileNotFoundError(
+        "cannot find examples/retrain/ion.yaml: run relive demo from the relive checkout"
+    )
 
 
 class _Say:
@@ -78,8 +90,11 @@ def _demo(args: argparse.Namespace) -> int:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
 
-    say(1, f"starting the stack (embedded store, registry, recorder, executor, local Ray) in "
-           f"{data_dir}")
+    say(
+        1,
+        f"starting the stack (embedded store, registry, recorder, executor, local Ray) in "
+        f"{data_dir}",
+    )
     with Stack(config) as stack:
         endpoints = stack.endpoints()
         for name in ("registry", "recorder", "executor"):
@@ -96,43 +111,65 @@ def _demo(args: argparse.Namespace) -> int:
             say(2, f"registered {ion} revision {done.revision.revision_id} from {ion_file}")
 
             start = dt.datetime.now(dt.UTC)
-            run = executor.launch(ion, overrides={"infer.score.fail_batch": str(FAULT_BATCH)},
-                                  seed=20181105)
-            say(3, f"launched {run.name} (seed {run.spec.seed}); approval by the rule on "
-                   "stats.accuracy")
-            say(4, f"injecting a fault into inference batch {FAULT_BATCH} "
-                   f"(--set infer.score.fail_batch={FAULT_BATCH})")
+            run = executor.launch(
+                ion, overrides={"infer.score.fail_batch": str(FAULT_BATCH)}, seed=20181105
+            )
+            say(
+                3,
+                f"launched {run.name} (seed {run.spec.seed}); approval by the rule on "
+                "stats.accuracy",
+            )
+            say(
+                4,
+                f"injecting a fault into inference batch {FAULT_BATCH} "
+                f"(--set infer.score.fail_batch={FAULT_BATCH})",
+            )
             original = executor.wait(run.name, timeout=900)
-            say.note(f"{original.name}: {state_name(original.state)} "
-                     f"{original.error_message}".rstrip())
+            say.note(
+                f"{original.name}: {state_name(original.state)} {original.error_message}".rstrip()
+            )
             if original.state != pb.RUN_STATE_SUCCEEDED:
                 raise SystemExit(f"relive demo: the run failed: {original.error_message}")
-            approvals = list(recorder.list_events(ion, runs=[original.name],
-                                                  types=["human.approval"]))
+            approvals = list(
+                recorder.list_events(ion, runs=[original.name], types=["human.approval"])
+            )
             for e in approvals[:1]:
-                say.note(f"approval: {e.human_action.action} by {e.human_action.user} "
-                         f"({e.human_action.comment})")
-            faults = list(recorder.list_events(ion, runs=[original.name],
-                                               types=["component.failed"]))
+                say.note(
+                    f"approval: {e.human_action.action} by {e.human_action.user} "
+                    f"({e.human_action.comment})"
+                )
+            faults = list(
+                recorder.list_events(ion, runs=[original.name], types=["component.failed"])
+            )
             if not faults:
                 raise SystemExit("relive demo: the injected fault was not recorded")
             fault = faults[0]
             fault_time = dt.datetime.fromtimestamp(fault.hlc.physical_ms / 1000, dt.UTC)
-            say.note(f"fault recorded: {fault.name} at {fault.node}.{fault.component}: "
-                     f"{fault.error.message}")
-            swaps = list(recorder.list_events(ion, runs=[original.name],
-                                              types=["model.swapped"]))
+            say.note(
+                f"fault recorded: {fault.name} at {fault.node}.{fault.component}: "
+                f"{fault.error.message}"
+            )
+            swaps = list(recorder.list_events(ion, runs=[original.name], types=["model.swapped"]))
             for e in swaps:
                 say.note(f"swap: {e.model.model_version} scores from batch {e.model.batch}")
 
-            end = max(fault_time + dt.timedelta(seconds=30),
-                      original.end_time.ToDatetime(dt.UTC) + dt.timedelta(seconds=1))
+            end = max(
+                fault_time + dt.timedelta(seconds=30),
+                original.end_time.ToDatetime(dt.UTC) + dt.timedelta(seconds=1),
+            )
             capture_id = f"fault-{dt.datetime.now():%H%M%S}"
             capture = recorder.create_capture(
-                ion, capture_id, start - dt.timedelta(seconds=1), end,
-                description=f"injected fault at batch {FAULT_BATCH} of {original.name}")
-            say(5, f"captured {capture.name} after the fact: "
-                   f"{capture.start_time.ToJsonString()} .. {capture.end_time.ToJsonString()}")
+                ion,
+                capture_id,
+                start - dt.timedelta(seconds=1),
+                end,
+                description=f"injected fault at batch {FAULT_BATCH} of {original.name}",
+            )
+            say(
+                5,
+                f"captured {capture.name} after the fact: "
+                f"{capture.start_time.ToJsonString()} .. {capture.end_time.ToJsonString()}",
+            )
 
             replayed = 0
             deadline = time.monotonic() + REPLAY_SECONDS
@@ -145,8 +182,10 @@ def _demo(args: argparse.Namespace) -> int:
 
             export_path = data_dir / f"{capture_id}.tar.gz"
             recorder.export_capture(capture.name, export_path, include_models=True)
-            say(7, f"exported the capture to {export_path} "
-                   f"({export_path.stat().st_size // 1024} KiB)")
+            say(
+                7,
+                f"exported the capture to {export_path} ({export_path.stat().st_size // 1024} KiB)",
+            )
 
             relaunch = executor.relaunch(capture=capture.name)
             say(8, f"relaunching the whole ION from the capture: {relaunch.name}")
@@ -177,9 +216,11 @@ def _demo(args: argparse.Namespace) -> int:
         emit_json(report)
     else:
         say(9, "report")
-        print(f"  verification   {result['status']} "
-              f"({sum(1 for s in result['nodes'].values() if s == 'MATCH')}/"
-              f"{len(result['nodes'])} nodes match)")
+        print(
+            f"  verification   {result['status']} "
+            f"({sum(1 for s in result['nodes'].values() if s == 'MATCH')}/"
+            f"{len(result['nodes'])} nodes match)"
+        )
         print(f"  original run   {original.name}")
         print(f"  relaunch run   {relaunch.name}")
         print(f"  capture        {capture.name}")

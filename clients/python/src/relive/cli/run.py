@@ -1,4 +1,4 @@
-"""``relive run launch|list|show|watch|approve|cancel``, ``relive relaunch`` and ``relive verify``."""
+"""``relive run launch|list|show|watch|approve|cancel``, ``relive relaunch``, ``relive verify``."""
 
 from __future__ import annotations
 
@@ -21,8 +21,14 @@ def register(subparsers: Any) -> None:
     p = commands.add_parser("launch", help="launch a run of an ION")
     p.add_argument("ion", metavar="ION")
     p.add_argument("--revision", type=int, default=0, help="revision number (default: newest)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter: NODE.COMPONENT.PARAM=VALUE (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter: NODE.COMPONENT.PARAM=VALUE (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=0, help="root seed (default: a random one)")
     p.add_argument("--wait", action="store_true", help="wait until the run ends")
     add_json_flag(p)
@@ -58,13 +64,22 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cancel)
 
     p = subparsers.add_parser("relaunch", help="relaunch a recorded run or a capture")
-    p.add_argument("source", metavar="RUN|CAPTURE",
-                   help="ions/ION/runs/RUN or ions/ION/captures/CAPTURE")
-    p.add_argument("--pipeline", dest="pipelines", action="append", default=[], metavar="NODE",
-                   help="re-execute only this pipeline (repeatable); the others reuse their "
-                        "recorded models")
-    p.add_argument("--allow-drift", action="store_true",
-                   help="run even if a dataset's hash or a code commit changed")
+    p.add_argument(
+        "source", metavar="RUN|CAPTURE", help="ions/ION/runs/RUN or ions/ION/captures/CAPTURE"
+    )
+    p.add_argument(
+        "--pipeline",
+        dest="pipelines",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="re-execute only this pipeline (repeatable); the others reuse their recorded models",
+    )
+    p.add_argument(
+        "--allow-drift",
+        action="store_true",
+        help="run even if a dataset's hash or a code commit changed",
+    )
     p.add_argument("--wait", action="store_true", help="wait until the relaunch ends")
     add_json_flag(p)
     p.set_defaults(func=_relaunch)
@@ -72,8 +87,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("verify", help="compare a relaunch with its original, node by node")
     p.add_argument("original", metavar="ORIGINAL")
     p.add_argument("relaunch", metavar="RELAUNCH")
-    p.add_argument("--tolerance", type=float, default=0.0,
-                   help="relative tolerance on stats (default 1e-9)")
+    p.add_argument(
+        "--tolerance", type=float, default=0.0, help="relative tolerance on stats (default 1e-9)"
+    )
     add_json_flag(p)
     p.set_defaults(func=_verify)
 
@@ -94,8 +110,9 @@ def run_name(text: str) -> str:
         return text
     ion, _, run = text.partition("/")
     if not run:
-        raise InvalidArgument(f"{text!r} is not a run: use ions/ION/runs/RUN or ION/RUN",
-                              field="run")
+        raise InvalidArgument(
+            f"{text!r} is not a run: use ions/ION/runs/RUN or ION/RUN", field="run"
+        )
     return f"ions/{ion}/runs/{run}"
 
 
@@ -124,18 +141,23 @@ def run_dict(run: pb.Run) -> dict[str, Any]:
 
 def _print_run(run: pb.Run) -> None:
     print(f"run       {run.name}")
-    print(f"state     {state_name(run.state)}" + (f": {run.error_message}" if run.error_message
-                                                   else ""))
+    print(
+        f"state     {state_name(run.state)}"
+        + (f": {run.error_message}" if run.error_message else "")
+    )
     print(f"revision  {run.spec.revision}  seed {run.spec.seed}  launch #{run.spec.launch_number}")
     if run.relaunch_of:
-        print(f"relaunch  of {run.relaunch_of}"
-              + (f" (from capture {run.source_capture})" if run.source_capture else ""))
+        print(
+            f"relaunch  of {run.relaunch_of}"
+            + (f" (from capture {run.source_capture})" if run.source_capture else "")
+        )
     print(f"started   {_time(run.start_time)}  ended {_time(run.end_time) or '-'}")
     rows = []
     for n in run.nodes:
         outputs = ", ".join(f"{k}={v}" for k, v in sorted(n.outputs.items()))
-        note = n.error_message or ("" if n.executed or n.state == pb.RUN_STATE_PENDING
-                                   else "reused recorded models")
+        note = n.error_message or (
+            "" if n.executed or n.state == pb.RUN_STATE_PENDING else "reused recorded models"
+        )
         rows.append([n.node, state_name(n.state), outputs or "-", note])
     table(rows, ["NODE", "STATE", "OUTPUTS", "NOTE"])
 
@@ -144,9 +166,11 @@ def wait_with_progress(c: ExecutorClient, name: str, label: str = "run") -> pb.R
     progress = Progress(f"{label} {name}")
 
     def changed(run: pb.Run) -> None:
-        done = sum(1 for n in run.nodes if n.state in (pb.RUN_STATE_SUCCEEDED,
-                                                       pb.RUN_STATE_FAILED,
-                                                       pb.RUN_STATE_CANCELLED))
+        done = sum(
+            1
+            for n in run.nodes
+            if n.state in (pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
+        )
         waiting = [n.node for n in run.nodes if n.state == pb.RUN_STATE_WAITING]
         note = state_name(run.state) + (f" (waiting at {', '.join(waiting)})" if waiting else "")
         progress.update(done, len(run.nodes), note)
@@ -157,14 +181,27 @@ def wait_with_progress(c: ExecutorClient, name: str, label: str = "run") -> pb.R
 
 
 def _exit(run: pb.Run) -> int:
-    return 0 if run.state in (pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_RUNNING, pb.RUN_STATE_PENDING,
-                              pb.RUN_STATE_WAITING) else 1
+    return (
+        0
+        if run.state
+        in (
+            pb.RUN_STATE_SUCCEEDED,
+            pb.RUN_STATE_RUNNING,
+            pb.RUN_STATE_PENDING,
+            pb.RUN_STATE_WAITING,
+        )
+        else 1
+    )
 
 
 def _launch(args: argparse.Namespace) -> int:
     with client() as c:
-        run = c.launch(args.ion, revision=args.revision, overrides=parse_overrides(args.overrides),
-                       seed=args.seed)
+        run = c.launch(
+            args.ion,
+            revision=args.revision,
+            overrides=parse_overrides(args.overrides),
+            seed=args.seed,
+        )
         if args.wait:
             run = wait_with_progress(c, run.name) if not args.json else c.wait(run.name, 24 * 3600)
     if args.json:
@@ -184,9 +221,20 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"runs": [run_dict(r) for r in runs]})
         return 0
-    table([[r.name, state_name(r.state), r.spec.launch_number, r.relaunch_of or "-",
-            _time(r.create_time), r.error_message[:60]] for r in runs],
-          ["RUN", "STATE", "LAUNCH", "RELAUNCH OF", "CREATED", "ERROR"])
+    table(
+        [
+            [
+                r.name,
+                state_name(r.state),
+                r.spec.launch_number,
+                r.relaunch_of or "-",
+                _time(r.create_time),
+                r.error_message[:60],
+            ]
+            for r in runs
+        ],
+        ["RUN", "STATE", "LAUNCH", "RELAUNCH OF", "CREATED", "ERROR"],
+    )
     return 0
 
 
@@ -215,13 +263,16 @@ def _watch(args: argparse.Namespace) -> int:
 
 def _approve(args: argparse.Namespace) -> int:
     with client() as c:
-        run = c.approve(run_name(args.run), args.node, approve=not args.reject,
-                        comment=args.comment)
+        run = c.approve(
+            run_name(args.run), args.node, approve=not args.reject, comment=args.comment
+        )
     if args.json:
         emit_json(run_dict(run))
     else:
-        print(f"{'rejected' if args.reject else 'approved'} {args.node} of {run.name}; "
-              f"the run is {state_name(run.state)}")
+        print(
+            f"{'rejected' if args.reject else 'approved'} {args.node} of {run.name}; "
+            f"the run is {state_name(run.state)}"
+        )
     return 0
 
 
@@ -239,14 +290,17 @@ def _relaunch(args: argparse.Namespace) -> int:
     source = args.source
     with client() as c:
         if "/captures/" in source:
-            run = c.relaunch(capture=source, pipelines=args.pipelines,
-                             allow_drift=args.allow_drift)
+            run = c.relaunch(capture=source, pipelines=args.pipelines, allow_drift=args.allow_drift)
         else:
-            run = c.relaunch(run=run_name(source), pipelines=args.pipelines,
-                             allow_drift=args.allow_drift)
+            run = c.relaunch(
+                run=run_name(source), pipelines=args.pipelines, allow_drift=args.allow_drift
+            )
         if args.wait:
-            run = (c.wait(run.name, 24 * 3600) if args.json
-                   else wait_with_progress(c, run.name, "relaunch"))
+            run = (
+                c.wait(run.name, 24 * 3600)
+                if args.json
+                else wait_with_progress(c, run.name, "relaunch")
+            )
     if args.json:
         emit_json(run_dict(run))
     else:
@@ -262,9 +316,14 @@ def verification_dict(v: pb.Verification) -> dict[str, Any]:
         "tolerance": v.tolerance,
         "nodes": {n.node: status_name(n.status) for n in v.nodes},
         "details": [
-            {"node": n.node, "status": status_name(n.status), "compared": n.compared,
-             "reused": n.reused, "first_divergent_event": n.first_divergent_event,
-             "reason": n.reason}
+            {
+                "node": n.node,
+                "status": status_name(n.status),
+                "compared": n.compared,
+                "reused": n.reused,
+                "first_divergent_event": n.first_divergent_event,
+                "reason": n.reason,
+            }
             for n in v.nodes
         ],
     }
@@ -276,9 +335,22 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(verification_dict(v))
     else:
-        print(f"{status_name(v.status)}: {v.relaunch} against {v.original} "
-              f"(tolerance {v.tolerance:g})")
-        table([[n.node, status_name(n.status), n.compared, "reused" if n.reused else "",
-                n.first_divergent_event, n.reason] for n in v.nodes],
-              ["NODE", "STATUS", "COMPARED", "", "FIRST DIVERGENT EVENT", "REASON"])
+        print(
+            f"{status_name(v.status)}: {v.relaunch} against {v.original} "
+            f"(tolerance {v.tolerance:g})"
+        )
+        table(
+            [
+                [
+                    n.node,
+                    status_name(n.status),
+                    n.compared,
+                    "reused" if n.reused else "",
+                    n.first_divergent_event,
+                    n.reason,
+                ]
+                for n in v.nodes
+            ],
+            ["NODE", "STATUS", "COMPARED", "", "FIRST DIVERGENT EVENT", "REASON"],
+        )
     return 0 if v.status == pb.VERIFICATION_STATUS_MATCH else 1

@@ -10,6 +10,7 @@ import getpass
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -25,26 +26,38 @@ def ion_name(ion: str) -> str:
     return ion if ion.startswith("ions/") else f"ions/{ion}"
 
 
-def state_name(state: int) -> str:
+def state_name(state: Any) -> str:
     return pb.RunState.Name(state).removeprefix("RUN_STATE_")
 
 
-def status_name(status: int) -> str:
+def status_name(status: Any) -> str:
     return pb.VerificationStatus.Name(status).removeprefix("VERIFICATION_STATUS_")
 
 
 class ExecutorClient:
-    def __init__(self, channel: grpc.Channel, *, timeout: float = DEFAULT_TIMEOUT_S,
-                 user: str | None = None) -> None:
+    def __init__(
+        self, channel: grpc.Channel, *, timeout: float = DEFAULT_TIMEOUT_S, user: str | None = None
+    ) -> None:
         self._stub = executor_pb2_grpc.ExecutorServiceStub(channel)
         self.timeout = timeout
         self.user = user or getpass.getuser()
 
-    def launch(self, ion: str, *, revision: int = 0, overrides: Mapping[str, str] | None = None,
-               seed: int = 0, request_id: str | None = None) -> pb.Run:
+    def launch(
+        self,
+        ion: str,
+        *,
+        revision: int = 0,
+        overrides: Mapping[str, str] | None = None,
+        seed: int = 0,
+        request_id: str | None = None,
+    ) -> pb.Run:
         req = pb.LaunchRunRequest(
-            parent=ion_name(ion), revision_id=revision, overrides=dict(overrides or {}),
-            seed=seed, request_id=request_id or uuid.uuid4().hex)
+            parent=ion_name(ion),
+            revision_id=revision,
+            overrides=dict(overrides or {}),
+            seed=seed,
+            request_id=request_id or uuid.uuid4().hex,
+        )
         return call(self._stub.LaunchRun, req, timeout=self.timeout)
 
     def get(self, run: str) -> pb.Run:
@@ -53,8 +66,11 @@ class ExecutorClient:
     def list(self, ion: str, *, page_size: int = 0) -> Iterator[pb.Run]:
         token = ""
         while True:
-            resp = call(self._stub.ListRuns, pb.ListRunsRequest(
-                parent=ion_name(ion), page_size=page_size, page_token=token), timeout=self.timeout)
+            resp = call(
+                self._stub.ListRuns,
+                pb.ListRunsRequest(parent=ion_name(ion), page_size=page_size, page_token=token),
+                timeout=self.timeout,
+            )
             yield from resp.runs
             token = resp.next_page_token
             if not token:
@@ -70,16 +86,18 @@ class ExecutorClient:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from e
 
-    def wait(self, run: str, timeout: float = 600.0,
-             on_change: Callable[[pb.Run], None] | None = None) -> pb.Run:
+    def wait(
+        self, run: str, timeout: float = 600.0, on_change: Callable[[pb.Run], None] | None = None
+    ) -> pb.Run:
         """Blocks until the run is terminal; raises DeadlineExceeded after ``timeout``."""
         deadline = time.monotonic() + timeout
         last = self.get(run)
         while not last.is_terminal:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DeadlineExceeded(f"run {run} is still {state_name(last.state)} after "
-                                       f"{timeout:g} s")
+                raise DeadlineExceeded(
+                    f"run {run} is still {state_name(last.state)} after {timeout:g} s"
+                )
             try:
                 for r in self.watch(run, timeout=left):
                     last = r
@@ -94,14 +112,29 @@ class ExecutorClient:
 
     def approve(self, run: str, node: str, *, approve: bool = True, comment: str = "") -> pb.Run:
         req = pb.SubmitApprovalRequest(run=run, node=node, approve=approve, comment=comment)
-        return call(lambda r, timeout: self._stub.SubmitApproval(
-            r, timeout=timeout, metadata=(("x-relive-user", self.user),)), req,
-            timeout=self.timeout, idempotent=False)
+        return call(
+            lambda r, timeout: self._stub.SubmitApproval(
+                r, timeout=timeout, metadata=(("x-relive-user", self.user),)
+            ),
+            req,
+            timeout=self.timeout,
+            idempotent=False,
+        )
 
-    def relaunch(self, *, run: str = "", capture: str = "", pipelines: Sequence[str] = (),
-                 allow_drift: bool = False, request_id: str | None = None) -> pb.Run:
-        req = pb.RelaunchRunRequest(pipelines=list(pipelines), allow_drift=allow_drift,
-                                    request_id=request_id or uuid.uuid4().hex)
+    def relaunch(
+        self,
+        *,
+        run: str = "",
+        capture: str = "",
+        pipelines: Sequence[str] = (),
+        allow_drift: bool = False,
+        request_id: str | None = None,
+    ) -> pb.Run:
+        req = pb.RelaunchRunRequest(
+            pipelines=list(pipelines),
+            allow_drift=allow_drift,
+            request_id=request_id or uuid.uuid4().hex,
+        )
         if capture:
             req.capture = capture
         else:
@@ -109,5 +142,8 @@ class ExecutorClient:
         return call(self._stub.RelaunchRun, req, timeout=120.0)
 
     def verify(self, original: str, relaunch: str, tolerance: float = 0.0) -> pb.Verification:
-        return call(self._stub.VerifyRun, pb.VerifyRunRequest(
-            original=original, relaunch=relaunch, tolerance=tolerance), timeout=120.0)
+        return call(
+            self._stub.VerifyRun,
+            pb.VerifyRunRequest(original=original, relaunch=relaunch, tolerance=tolerance),
+            timeout=120.0,
+        )

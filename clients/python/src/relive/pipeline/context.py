@@ -102,15 +102,21 @@ class RunContext:
         self.stats[name] = float(value)
         self._sink.emit(self._factory.stat(name, float(value), step, labels))
 
-    def log_model(self, model: Any, output: str = "model", labels: Mapping[str, str] | None = None
-                  ) -> str:
+    def log_model(
+        self, model: Any, output: str = "model", labels: Mapping[str, str] | None = None
+    ) -> str:
         """Stores ``model`` as a new version in the registry; returns the version's name."""
         data = dumps(model)
         mid = self._outputs.get(output) or model_id(self.ion.split("/")[-1], self.node, output)
-        all_labels = {"framework": type(model).__module__.split(".")[0], "output": output,
-                      "class": type(model).__name__, **dict(labels or {})}
-        stored = self._store.store(mid, data, run=self.run, node=self.node, labels=all_labels,
-                                   dataset_refs=self.datasets)
+        all_labels = {
+            "framework": type(model).__module__.split(".")[0],
+            "output": output,
+            "class": type(model).__name__,
+            **dict(labels or {}),
+        }
+        stored = self._store.store(
+            mid, data, run=self.run, node=self.node, labels=all_labels, dataset_refs=self.datasets
+        )
         self.logged[output] = (stored.name, stored.sha256)
         self._sink.emit(self._factory.model("logged", stored.name, stored.sha256))
         return stored.name
@@ -154,17 +160,24 @@ class RunContext:
         key = datasets.normalize(uri)
         if key not in self._pool_cache:
             self._pool_cache[key] = self._data_for_stream(key)
-        X, y = stream_batch(self._pool_cache[key], self._root_seed, self.batch_index,
-                            self._batch_size)
+        X, y = stream_batch(
+            self._pool_cache[key], self._root_seed, self.batch_index, self._batch_size
+        )
         self.batch, self.batch_labels = X, y
-        self.emit("stream.batch", {
-            "batch": self.batch_index, "rows": int(len(X)),
-            "sha256": hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest(),
-            "model_version": self.models.get("model", ""), "source": key})
+        self.emit(
+            "stream.batch",
+            {
+                "batch": self.batch_index,
+                "rows": len(X),
+                "sha256": hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest(),
+                "model_version": self.models.get("model", ""),
+                "source": key,
+            },
+        )
         return X, y
 
     def _data_for_stream(self, uri: str) -> Any:
-        digest, size = datasets.content_hash(uri)
+        digest, _size = datasets.content_hash(uri)
         expected = self._expected.get(uri)
         if expected and expected != digest and not self._allow_drift:
             raise DatasetDrift(f"dataset {uri} changed since the launch spec froze it")
@@ -174,8 +187,9 @@ class RunContext:
         """Records per-feature summaries of ``data`` as stats named ``profile.NAME.FEATURE.*``."""
         summary = profile.summarize(data)
         for key, value in summary.items():
-            self._sink.emit(self._factory.stat(f"profile.{name}.{key}", value, 0,
-                                               {"profile": name}))
+            self._sink.emit(
+                self._factory.stat(f"profile.{name}.{key}", value, 0, {"profile": name})
+            )
         return summary
 
     def log_predictions(self, predictions: Any, batch: int | None = None) -> str:
@@ -184,11 +198,17 @@ class RunContext:
         digest = hashlib.sha256(arr.tobytes()).hexdigest()
         self.predictions.append(arr)
         where = self.batch_index if batch is None else batch
-        self._sink.emit(self._factory.custom(
-            "prediction_digest",
-            {"digest": digest, "rows": int(arr.shape[0]) if arr.ndim else 1,
-             "dtype": str(arr.dtype), "batch": -1 if where is None else int(where)},
-        ))
+        self._sink.emit(
+            self._factory.custom(
+                "prediction_digest",
+                {
+                    "digest": digest,
+                    "rows": int(arr.shape[0]) if arr.ndim else 1,
+                    "dtype": str(arr.dtype),
+                    "batch": -1 if where is None else int(where),
+                },
+            )
+        )
         return digest
 
     def log(self, message: str, severity: str = "INFO") -> None:

@@ -6,6 +6,7 @@ a list in tests and into the recorder in a run.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from relive.recorder.v1 import event_pb2
 
 Event = event_pb2.Event
+log = logging.getLogger(__name__)
 
 
 class EventSink(Protocol):
@@ -30,7 +32,7 @@ class EventSink(Protocol):
 
 
 class Clock:
-    """A hybrid logical clock: physical ms plus a logical counter; ``observe`` merges a remote one."""
+    """A hybrid logical clock: physical ms plus a logical counter; ``observe`` merges another."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -112,16 +114,23 @@ class EventFactory:
             span_id=os.urandom(8).hex(),
         )
 
-    def lifecycle(self, type_: str, state: str, details: Mapping[str, Any] | None = None,
-                  **where: str) -> Event:
+    def lifecycle(
+        self, type_: str, state: str, details: Mapping[str, Any] | None = None, **where: str
+    ) -> Event:
         e = self.make(type_, **where)
         e.lifecycle.state = state
         if details:
             e.lifecycle.details.CopyFrom(to_struct(details))
         return e
 
-    def stat(self, name: str, value: float, step: int = 0,
-             labels: Mapping[str, str] | None = None, **where: str) -> Event:
+    def stat(
+        self,
+        name: str,
+        value: float,
+        step: int = 0,
+        labels: Mapping[str, str] | None = None,
+        **where: str,
+    ) -> Event:
         e = self.make("stat", **where)
         e.stat.name = name
         e.stat.value = float(value)
@@ -145,8 +154,9 @@ class EventFactory:
         e.dataset.size_bytes = int(size)
         return e
 
-    def error(self, type_: str, error_type: str, message: str, traceback: str = "",
-              **where: str) -> Event:
+    def error(
+        self, type_: str, error_type: str, message: str, traceback: str = "", **where: str
+    ) -> Event:
         e = self.make(type_, **where)
         e.error.error_type = error_type
         e.error.message = message[:4000]
@@ -189,7 +199,9 @@ class RecorderSink:
     """Buffers events and appends them to the recorder in batches; a resend is deduplicated
     by the recorder through each event's id, so retries never double an event."""
 
-    def __init__(self, endpoint: str, ion: str, batch_size: int = 500, timeout: float = 30.0) -> None:
+    def __init__(
+        self, endpoint: str, ion: str, batch_size: int = 500, timeout: float = 30.0
+    ) -> None:
         from relive.client.channel import connect_channel
         from relive.recorder.v1 import recorder_pb2_grpc
 
@@ -199,7 +211,10 @@ class RecorderSink:
         self._batch_size = batch_size
         self._timeout = timeout
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._buffer: list[Event] = []
+        self._timer: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def emit(self, event: Event) -> None:
         with self._lock:
@@ -208,22 +223,49 @@ class RecorderSink:
         if full:
             self.flush()
 
+    def flush_every(self, interval: float) -> None:
+        """Flushes in the background every ``interval`` seconds, until ``close``."""
+        if self._timer is not None:
+            return
+        self._stop = threading.Event()
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.flush()
+                except Exception:  # kept in no buffer: the next flush or close reports it
+                    log.warning("background flush to the recorder failed", exc_info=True)
+
+        self._timer = threading.Thread(target=loop, name="recorder-flush", daemon=True)
+        self._timer.start()
+
     def flush(self) -> None:
         from relive.client.channel import call
         from relive.recorder.v1 import recorder_pb2
 
-        with self._lock:
-            pending, self._buffer = self._buffer, []
-        for start in range(0, len(pending), self._batch_size):
-            batch = pending[start : start + self._batch_size]
-            call(
-                self._stub.AppendEvents,
-                recorder_pb2.AppendEventsRequest(parent=self._parent, events=batch),
-                timeout=self._timeout,
-                attempts=6,
-            )
+        with self._flush_lock:
+            with self._lock:
+                pending, self._buffer = self._buffer, []
+            for start in range(0, len(pending), self._batch_size):
+                batch = pending[start : start + self._batch_size]
+                try:
+                    resp = call(
+                        self._stub.AppendEvents,
+                        recorder_pb2.AppendEventsRequest(parent=self._parent, events=batch),
+                        timeout=self._timeout,
+                        attempts=6,
+                    )
+                except Exception:
+                    with self._lock:  # keep them for the next attempt; ids make it safe
+                        self._buffer[:0] = pending[start:]
+                    raise
+                for r in resp.rejections:
+                    log.warning("the recorder rejected an event (%s): %s", r.field, r.reason)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join(5)
         try:
             self.flush()
         finally:

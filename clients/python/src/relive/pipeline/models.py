@@ -27,8 +27,16 @@ class StoredModel:
 
 
 class ModelStore(Protocol):
-    def store(self, model_id: str, data: bytes, *, run: str, node: str,
-              labels: Mapping[str, str], dataset_refs: Sequence[tuple[str, str, int]]) -> StoredModel: ...
+    def store(
+        self,
+        model_id: str,
+        data: bytes,
+        *,
+        run: str,
+        node: str,
+        labels: Mapping[str, str],
+        dataset_refs: Sequence[tuple[str, str, int]],
+    ) -> StoredModel: ...
 
     def load(self, version: str) -> tuple[bytes, str]: ...
 
@@ -48,7 +56,7 @@ def dumps(model: Any) -> bytes:
 
 
 def loads(data: bytes) -> Any:
-    return pickle.loads(data)  # noqa: S301 - models come from our own registry
+    return pickle.loads(data)
 
 
 def sha256(data: bytes) -> str:
@@ -81,9 +89,16 @@ class RegistryModelStore:
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._timeout = timeout
 
-    def store(self, model_id: str, data: bytes, *, run: str, node: str,
-              labels: Mapping[str, str], dataset_refs: Sequence[tuple[str, str, int]] = ()
-              ) -> StoredModel:
+    def store(
+        self,
+        model_id: str,
+        data: bytes,
+        *,
+        run: str,
+        node: str,
+        labels: Mapping[str, str],
+        dataset_refs: Sequence[tuple[str, str, int]] = (),
+    ) -> StoredModel:
         from relive.client.channel import call
         from relive.registry.v1 import registry_pb2
 
@@ -95,7 +110,8 @@ class RegistryModelStore:
                 producing_node=node,
                 labels=dict(labels),
                 dataset_refs=[
-                    registry_pb2.DatasetRef(uri=u, sha256=h, size_bytes=s) for u, h, s in dataset_refs
+                    registry_pb2.DatasetRef(uri=u, sha256=h, size_bytes=s)
+                    for u, h, s in dataset_refs
                 ],
             ),
             expected_sha256=digest,
@@ -134,8 +150,9 @@ class RegistryModelStore:
                     parts.append(msg.chunk)
             return b"".join(parts), digest
 
-        data, digest = call(download, registry_pb2.DownloadModelVersionRequest(name=version),
-                            timeout=self._timeout)
+        data, digest = call(
+            download, registry_pb2.DownloadModelVersionRequest(name=version), timeout=self._timeout
+        )
         with self._cache_lock:
             self._cache[version] = (data, digest)
             while len(self._cache) > 32:
@@ -153,9 +170,16 @@ class MemoryModelStore:
         self.blobs: dict[str, bytes] = {}
         self._counts: dict[str, int] = {}
 
-    def store(self, model_id: str, data: bytes, *, run: str = "", node: str = "",
-              labels: Mapping[str, str] | None = None,
-              dataset_refs: Sequence[tuple[str, str, int]] = ()) -> StoredModel:
+    def store(
+        self,
+        model_id: str,
+        data: bytes,
+        *,
+        run: str = "",
+        node: str = "",
+        labels: Mapping[str, str] | None = None,
+        dataset_refs: Sequence[tuple[str, str, int]] = (),
+    ) -> StoredModel:
         n = self._counts[model_id] = self._counts.get(model_id, 0) + 1
         name = f"models/{model_id}/versions/{n}"
         self.blobs[name] = data
@@ -169,8 +193,9 @@ class MemoryModelStore:
 class Ensemble:
     """Members vote (classifiers), or are averaged or take the median (regressors)."""
 
-    def __init__(self, members: Sequence[Any], method: str = "vote",
-                 weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, members: Sequence[Any], method: str = "vote", weights: Sequence[float] | None = None
+    ) -> None:
         self.members = list(members)
         self.method = method
         self.weights = [float(w) for w in weights] if weights else [1.0] * len(self.members)
@@ -194,8 +219,9 @@ class ABSplit:
     """Routes each row to one arm by a seeded hash of the row itself, with the given shares,
     so the same seed sends the same rows the same way, in any batch, on any machine."""
 
-    def __init__(self, arms: Sequence[Any], weights: Sequence[float], seed: int,
-                 names: Sequence[str] = ()) -> None:
+    def __init__(
+        self, arms: Sequence[Any], weights: Sequence[float], seed: int, names: Sequence[str] = ()
+    ) -> None:
         self.arms = list(arms)
         self.weights = [float(w) for w in weights]
         self.seed = int(seed)
@@ -204,10 +230,12 @@ class ABSplit:
     def route(self, X: Any) -> np.ndarray:
         X = np.ascontiguousarray(np.asarray(X, dtype=np.float64))
         key = str(self.seed).encode()
-        draws = np.asarray([
-            int.from_bytes(hashlib.sha256(key + row.tobytes()).digest()[:8], "big") / 2**64
-            for row in X
-        ])
+        draws = np.asarray(
+            [
+                int.from_bytes(hashlib.sha256(key + row.tobytes()).digest()[:8], "big") / 2**64
+                for row in X
+            ]
+        )
         edges = np.cumsum(self.weights) / sum(self.weights)
         return np.minimum(np.searchsorted(edges, draws, side="right"), len(self.arms) - 1)
 

@@ -32,13 +32,16 @@ SYSTEM = {"system": "true"}
 class ComponentFailed(RuntimeError):
     """A component raised; the message names the node, the component and the cause."""
 
-    def __init__(self, message: str, error_type: str = "") -> None:
+    def __init__(
+        self, message: str, error_type: str = "", events: list[bytes] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.error_type = error_type
+        self.events = list(events or [])
 
     def __reduce__(self) -> Any:
-        return (ComponentFailed, (self.message, self.error_type))
+        return (ComponentFailed, (self.message, self.error_type, self.events))
 
 
 @dataclass
@@ -65,6 +68,9 @@ class ComponentTask:
     batch_index: int | None = None
     batch_size: int = 0
     source: str = ""
+    # True: hand the events back with the result, for the executor to append in its batches
+    # (keeps a recorder round trip off the path between dependent components).
+    return_events: bool = False
 
     @property
     def label(self) -> str:
@@ -85,6 +91,7 @@ class ComponentResult:
     predictions: Any
     hlc: tuple[int, int]
     wall_s: float
+    events: list[bytes] = field(default_factory=list)
 
 
 def _resolve(call: str, code_path: list[str]) -> Any:
@@ -110,8 +117,11 @@ def _call(fn: Any, ctx: RunContext) -> Any:
     ps = list(sig.parameters.values())
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ps):
         return fn(ctx, **ctx.params)
-    named = {p.name for p in ps[1:] if p.kind in (inspect.Parameter.KEYWORD_ONLY,
-                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    named = {
+        p.name
+        for p in ps[1:]
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
     return fn(ctx, **{k: v for k, v in ctx.params.items() if k in named})
 
 
@@ -124,32 +134,61 @@ def stream_batch(pool: Any, root_seed: int, index: int, size: int) -> tuple[Any,
     return X[idx], (None if y is None else np.asarray(y)[idx])
 
 
-def execute(task: ComponentTask, upstream: dict[str, Any],
-            sink: EventSink | None = None, store: ModelStore | None = None) -> ComponentResult:
+def execute(
+    task: ComponentTask,
+    upstream: dict[str, Any],
+    sink: EventSink | None = None,
+    store: ModelStore | None = None,
+) -> ComponentResult:
     """Runs the component and records what it did; raises ComponentFailed on error."""
     own_sink = sink is None
+    returned: ListSink | None = None
     if sink is None:
-        sink = RecorderSink(task.recorder, task.ion) if task.recorder else ListSink()
+        if task.return_events or not task.recorder:
+            sink = returned = ListSink()
+        else:
+            sink = RecorderSink(task.recorder, task.ion)
     if store is None:
         store = RegistryModelStore(task.registry) if task.registry else MemoryModelStore()
     factory = EventFactory(task.ion, task.run, task.node, task.label, task.trace_id)
     factory.clock.observe(*task.hlc)
     batch = labels = None
     if task.batch_index is not None and task.source:
-        batch, labels = stream_batch(upstream.get(task.source), task.root_seed, task.batch_index,
-                                     task.batch_size)
-        sink.emit(factory.custom("stream.batch", {
-            "batch": task.batch_index, "rows": int(len(batch)),
-            "sha256": hashlib.sha256(np.ascontiguousarray(batch).tobytes()).hexdigest(),
-            "model_version": task.models.get("model", ""),
-        }))
+        batch, labels = stream_batch(
+            upstream.get(task.source), task.root_seed, task.batch_index, task.batch_size
+        )
+        sink.emit(
+            factory.custom(
+                "stream.batch",
+                {
+                    "batch": task.batch_index,
+                    "rows": len(batch),
+                    "sha256": hashlib.sha256(np.ascontiguousarray(batch).tobytes()).hexdigest(),
+                    "model_version": task.models.get("model", ""),
+                },
+            )
+        )
     ctx = RunContext(
-        ion=task.ion, run=task.run, node=task.node, component=task.component,
-        params=task.params, inputs=upstream, models=task.models, seed=task.seed, sink=sink,
-        store=store, factory=factory, round=task.round, outputs=task.outputs,
-        expected_datasets=task.expected_datasets, allow_drift=task.allow_drift,
-        batch=batch, batch_labels=labels, batch_index=task.batch_index,
-        root_seed=task.root_seed, batch_size=task.batch_size,
+        ion=task.ion,
+        run=task.run,
+        node=task.node,
+        component=task.component,
+        params=task.params,
+        inputs=upstream,
+        models=task.models,
+        seed=task.seed,
+        sink=sink,
+        store=store,
+        factory=factory,
+        round=task.round,
+        outputs=task.outputs,
+        expected_datasets=task.expected_datasets,
+        allow_drift=task.allow_drift,
+        batch=batch,
+        batch_labels=labels,
+        batch_index=task.batch_index,
+        root_seed=task.root_seed,
+        batch_size=task.batch_size,
     )
     details: dict[str, Any] = {"round": task.round}
     if task.batch_index is not None:
@@ -170,11 +209,14 @@ def execute(task: ComponentTask, upstream: dict[str, Any],
         wall = time.perf_counter() - t0
         sink.emit(factory.stat("sys.wall_s", wall, 0, SYSTEM))
         message = f"{type(exc).__name__}: {exc}"
-        sink.emit(factory.error("component.failed", type(exc).__name__, message,
-                                traceback.format_exc()))
+        sink.emit(
+            factory.error("component.failed", type(exc).__name__, message, traceback.format_exc())
+        )
         _finish(sink, own_sink)
         raise ComponentFailed(
-            f"component {task.node}.{task.label} failed: {message}", type(exc).__name__
+            f"component {task.node}.{task.label} failed: {message}",
+            type(exc).__name__,
+            _serialized(returned),
         ) from None
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
@@ -182,15 +224,27 @@ def execute(task: ComponentTask, upstream: dict[str, Any],
     for name, v in (("sys.wall_s", wall), ("sys.cpu_s", cpu), ("sys.peak_rss_mb", peak_mb)):
         sink.emit(factory.stat(name, v, 0, SYSTEM))
     outputs = {k: v[0] for k, v in ctx.logged.items()}
-    sink.emit(factory.lifecycle("component.finished", "SUCCEEDED",
-                                {**details, "outputs": outputs, "wall_s": wall}))
+    sink.emit(
+        factory.lifecycle(
+            "component.finished", "SUCCEEDED", {**details, "outputs": outputs, "wall_s": wall}
+        )
+    )
     _finish(sink, own_sink)
     preds = np.concatenate(ctx.predictions) if ctx.predictions else None
     return ComponentResult(
-        value=value, stats=dict(ctx.stats), outputs=outputs,
-        sha256={k: v[1] for k, v in ctx.logged.items()}, predictions=preds,
-        hlc=factory.clock.now(), wall_s=wall,
+        value=value,
+        stats=dict(ctx.stats),
+        outputs=outputs,
+        sha256={k: v[1] for k, v in ctx.logged.items()},
+        predictions=preds,
+        hlc=factory.clock.now(),
+        wall_s=wall,
+        events=_serialized(returned),
     )
+
+
+def _serialized(sink: ListSink | None) -> list[bytes]:
+    return [e.SerializeToString() for e in sink.events] if sink is not None else []
 
 
 def _finish(sink: EventSink, own: bool) -> None:
@@ -200,29 +254,38 @@ def _finish(sink: EventSink, own: bool) -> None:
         sink.flush()
 
 
-def _run_command(task: ComponentTask, ctx: RunContext, factory: EventFactory,
-                 sink: EventSink) -> Any:
+def _run_command(
+    task: ComponentTask, ctx: RunContext, factory: EventFactory, sink: EventSink
+) -> Any:
     """Runs a command component in any language. It gets RELIVE_* variables and TRACEPARENT;
     stdout lines that are JSON objects with "stat" and "value" are recorded as stats."""
     span = os.urandom(8).hex()
     env = dict(os.environ)
-    env.update({
-        "RELIVE_ION": task.ion.split("/")[-1],
-        "RELIVE_ION_NAME": task.ion,
-        "RELIVE_RUN": task.run,
-        "RELIVE_NODE": task.node,
-        "RELIVE_COMPONENT": task.label,
-        "RELIVE_SEED": str(task.seed % (2**32 - 1)),
-        "RELIVE_ROUND": str(task.round),
-        "RELIVE_PARAMS": json.dumps(task.params, sort_keys=True),
-        "RELIVE_MODELS": json.dumps(task.models, sort_keys=True),
-        "RELIVE_RECORDER_ENDPOINT": task.recorder,
-        "RELIVE_REGISTRY_ENDPOINT": task.registry,
-        "RELIVE_HLC": f"{task.hlc[0]}.{task.hlc[1]}",
-        "TRACEPARENT": f"00-{task.trace_id or os.urandom(16).hex()}-{span}-01",
-    })
-    proc = subprocess.run(task.command, env=env, capture_output=True, text=True, check=False,
-                          cwd=task.code_path[0] if task.code_path else None)
+    env.update(
+        {
+            "RELIVE_ION": task.ion.split("/")[-1],
+            "RELIVE_ION_NAME": task.ion,
+            "RELIVE_RUN": task.run,
+            "RELIVE_NODE": task.node,
+            "RELIVE_COMPONENT": task.label,
+            "RELIVE_SEED": str(task.seed % (2**32 - 1)),
+            "RELIVE_ROUND": str(task.round),
+            "RELIVE_PARAMS": json.dumps(task.params, sort_keys=True),
+            "RELIVE_MODELS": json.dumps(task.models, sort_keys=True),
+            "RELIVE_RECORDER_ENDPOINT": task.recorder,
+            "RELIVE_REGISTRY_ENDPOINT": task.registry,
+            "RELIVE_HLC": f"{task.hlc[0]}.{task.hlc[1]}",
+            "TRACEPARENT": f"00-{task.trace_id or os.urandom(16).hex()}-{span}-01",
+        }
+    )
+    proc = subprocess.run(
+        task.command,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=task.code_path[0] if task.code_path else None,
+    )
     lines = []
     for line in proc.stdout.splitlines():
         try:

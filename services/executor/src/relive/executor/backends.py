@@ -3,6 +3,7 @@ and captures from the recorder. Client-side errors become domain errors here."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -43,8 +44,9 @@ class Registry:
         self.models = RegistryModelStore(endpoint)
 
     def get_revision(self, name: str) -> registry_pb2.Revision:
-        return _domain(lambda: call(self._stub.GetRevision,
-                                    registry_pb2.GetRevisionRequest(name=name)), name)
+        return _domain(
+            lambda: call(self._stub.GetRevision, registry_pb2.GetRevisionRequest(name=name)), name
+        )
 
     def close(self) -> None:
         self._channel.close()
@@ -61,11 +63,19 @@ class Recorder:
         return RecorderSink(self.endpoint, ion)
 
     def get_capture(self, name: str) -> Any:
-        return _domain(lambda: call(self._stub.GetCapture,
-                                    recorder_pb2.GetCaptureRequest(name=name)), name)
+        return _domain(
+            lambda: call(self._stub.GetCapture, recorder_pb2.GetCaptureRequest(name=name)), name
+        )
 
-    def events(self, ion: str, *, runs: list[str] | None = None, types: list[str] | None = None,
-               start: Any = None, end: Any = None) -> Iterator[event_pb2.Event]:
+    def events(
+        self,
+        ion: str,
+        *,
+        runs: list[str] | None = None,
+        types: list[str] | None = None,
+        start: Any = None,
+        end: Any = None,
+    ) -> Iterator[event_pb2.Event]:
         """Events in timeline order, every page."""
         flt = recorder_pb2.EventFilter(runs=runs or [], types=types or [])
         if start is not None:
@@ -75,9 +85,15 @@ class Recorder:
         token = ""
         while True:
             req = recorder_pb2.ListEventsRequest(
-                parent=ion, filter=flt, order=recorder_pb2.EVENT_ORDER_TIMELINE,
-                page_size=1000, page_token=token)
-            resp = _domain(lambda req=req: call(self._stub.ListEvents, req), f"events of {ion}")
+                parent=ion,
+                filter=flt,
+                order=recorder_pb2.EVENT_ORDER_TIMELINE,
+                page_size=1000,
+                page_token=token,
+            )
+            resp: recorder_pb2.ListEventsResponse = _domain(
+                functools.partial(call, self._stub.ListEvents, req), f"events of {ion}"
+            )
             yield from resp.events
             token = resp.next_page_token
             if not token:

@@ -11,8 +11,9 @@ from relive.registry.v1 import registry_pb2
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                          check=False, timeout=30)
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=False, timeout=30
+    )
 
 
 def _local_repo(ref: registry_pb2.CodeRef, code_path: Sequence[str]) -> Path | None:
@@ -39,18 +40,22 @@ def code_problems(refs: Sequence[registry_pb2.CodeRef], code_path: Sequence[str]
         repo = _local_repo(ref, code_path)
         where = ref.module or ref.path
         if repo is None:
-            problems.append(f"code ref {where}: repository {ref.repo or '?'} is not reachable "
-                            f"here, so commit {ref.commit[:12]} cannot be checked out")
+            problems.append(
+                f"code ref {where}: repository {ref.repo or '?'} is not reachable "
+                f"here, so commit {ref.commit[:12]} cannot be checked out"
+            )
             continue
         if _git(repo, "cat-file", "-e", f"{ref.commit}^{{commit}}").returncode != 0:
-            problems.append(f"code ref {where}: commit {ref.commit[:12]} cannot be reached "
-                            f"in {repo}")
+            problems.append(
+                f"code ref {where}: commit {ref.commit[:12]} cannot be reached in {repo}"
+            )
             continue
         if ref.path and not ref.dirty:
             diff = _git(repo, "diff", "--quiet", ref.commit, "--", ref.path)
             if diff.returncode == 1:
-                problems.append(f"code ref {where}: {ref.path} differs from commit "
-                                f"{ref.commit[:12]}")
+                problems.append(
+                    f"code ref {where}: {ref.path} differs from commit {ref.commit[:12]}"
+                )
     return problems
 
 
@@ -63,6 +68,8 @@ def dataset_problems(refs: Sequence[registry_pb2.DatasetRef]) -> list[str]:
             problems.append(f"dataset {ref.uri} cannot be read: {e}")
             continue
         if digest != ref.sha256:
-            problems.append(f"dataset {ref.uri} changed: sha256 {ref.sha256[:12]} was recorded, "
-                            f"it is {digest[:12]} now")
+            problems.append(
+                f"dataset {ref.uri} changed: sha256 {ref.sha256[:12]} was recorded, "
+                f"it is {digest[:12]} now"
+            )
     return problems

@@ -11,11 +11,19 @@ from relive.core.errors import InvalidArgument
 from relive.registry.v1 import registry_pb2
 
 _CMP = {
-    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Eq: operator.eq, ast.NotEq: operator.ne,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
 }
-_BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-        ast.Div: operator.truediv}
+_BIN = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
 
 
 class RuleError(ValueError):
@@ -51,13 +59,23 @@ def _eval(node: ast.AST, stats: Mapping[str, float], rule: str) -> Any:
         return _BIN[type(node.op)](_eval(node.left, stats, rule), _eval(node.right, stats, rule))
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
         return node.value
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "stats":
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "stats"
+    ):
         if node.attr not in stats:
             known = ", ".join(sorted(k for k in stats if not k.startswith(("sys.", "profile."))))
-            raise RuleError(f"auto_if {rule!r} reads stats.{node.attr}, which no upstream "
-                            f"node recorded (recorded: {known or 'none'})")
+            raise RuleError(
+                f"auto_if {rule!r} reads stats.{node.attr}, which no upstream "
+                f"node recorded (recorded: {known or 'none'})"
+            )
         return stats[node.attr]
-    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "stats":
+    if (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "stats"
+    ):
         key = node.slice.value if isinstance(node.slice, ast.Constant) else None
         if not isinstance(key, str) or key not in stats:
             raise RuleError(f"auto_if {rule!r} reads a stat no upstream node recorded")
@@ -71,7 +89,7 @@ def policy_refs(definition: registry_pb2.IonDefinition, name: str) -> list[str]:
     node = definition.nodes[name]
     if node.WhichOneof("kind") != "policy":
         return []
-    params = node.policy.params
+    params: dict[str, Any] = dict(node.policy.params.items())
     refs: list[str] = []
     kind = node.policy.type
     if kind == registry_pb2.POLICY_TYPE_CANARY:
@@ -90,13 +108,20 @@ def policy_refs(definition: registry_pb2.IonDefinition, name: str) -> list[str]:
 def canary_primary(definition: registry_pb2.IonDefinition, name: str) -> str:
     """The node a canary watches: the scoring pipeline fed by the same upstream as the canary."""
     sources = {e.from_node for e in definition.edges if e.to_node == name}
-    control = str(definition.nodes[name].policy.params["control"]) if (
-        "control" in definition.nodes[name].policy.params) else ""
-    candidates = sorted({
-        e.to_node for e in definition.edges
-        if e.from_node in sources and e.to_node not in (name, control)
-        and definition.nodes[e.to_node].WhichOneof("kind") == "pipeline"
-    })
+    control = (
+        str(definition.nodes[name].policy.params["control"])
+        if ("control" in definition.nodes[name].policy.params)
+        else ""
+    )
+    candidates = sorted(
+        {
+            e.to_node
+            for e in definition.edges
+            if e.from_node in sources
+            and e.to_node not in (name, control)
+            and definition.nodes[e.to_node].WhichOneof("kind") == "pipeline"
+        }
+    )
     return candidates[0] if candidates else ""
 
 
@@ -119,8 +144,10 @@ def topo_order(deps: Mapping[str, Iterable[str]]) -> list[str]:
     while remaining:
         ready = sorted(k for k, v in remaining.items() if not v)
         if not ready:
-            raise InvalidArgument(f"the ION has a cycle among {', '.join(sorted(remaining))}",
-                                  field="definition.edges")
+            raise InvalidArgument(
+                f"the ION has a cycle among {', '.join(sorted(remaining))}",
+                field="definition.edges",
+            )
         for k in ready:
             order.append(k)
             del remaining[k]

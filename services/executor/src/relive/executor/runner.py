@@ -8,6 +8,7 @@ record their own from inside their Ray tasks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -26,11 +27,12 @@ from relive.pipeline.events import EventFactory, EventSink, struct_to_dict
 from relive.pipeline.models import ABSplit, Ensemble, ModelStore, dumps, loads, model_id
 from relive.pipeline.seeds import derive_seed
 from relive.pipeline.task import ComponentFailed, ComponentResult, ComponentTask
+from relive.recorder.v1.event_pb2 import Event
 from relive.registry.v1 import registry_pb2
 
 log = logging.getLogger(__name__)
 
-POLICY_NAMES = {
+POLICY_NAMES: dict[int, str] = {
     registry_pb2.POLICY_TYPE_MODEL_TRANSFER: "model_transfer",
     registry_pb2.POLICY_TYPE_APPROVAL: "approval",
     registry_pb2.POLICY_TYPE_CANARY: "canary",
@@ -72,7 +74,7 @@ class RunEnv:
     code_path: list[str]
     sink: EventSink
     store: ModelStore
-    remote: Callable[..., Any]  # the Ray remote function that runs a component
+    remote: Any  # the Ray remote function that runs a component
     ray: Any  # the ray module
     allow_drift: bool = False
 
@@ -120,8 +122,9 @@ def _ancestors(pipeline: registry_pb2.Pipeline, comp: str) -> list[str]:
 
 
 class RunExecution:
-    def __init__(self, run: pb.Run, env: RunEnv, replay: Replay,
-                 on_change: Callable[[pb.Run], None]) -> None:
+    def __init__(
+        self, run: pb.Run, env: RunEnv, replay: Replay, on_change: Callable[[pb.Run], None]
+    ) -> None:
         self.run = run
         self.env = env
         self.replay = replay
@@ -141,7 +144,9 @@ class RunExecution:
         self._waiting: set[tuple[str, int]] = set()
         self._thread: threading.Thread | None = None
         self.expected_datasets = {d.uri: d.sha256 for d in self.spec.dataset_refs}
-        self._stream_nodes = {n for n, d in self.definition.nodes.items() if d.HasField("streaming")}
+        self._stream_nodes = {
+            n for n, d in self.definition.nodes.items() if d.HasField("streaming")
+        }
 
     # ----- control from the service
 
@@ -194,8 +199,14 @@ class RunExecution:
                 return n
         raise KeyError(name)
 
-    def _set_node(self, name: str, state: int, error: str = "", executed: bool | None = None,
-                  outputs: Mapping[str, str] | None = None) -> None:
+    def _set_node(
+        self,
+        name: str,
+        state: int,
+        error: str = "",
+        executed: bool | None = None,
+        outputs: Mapping[str, str] | None = None,
+    ) -> None:
         with self._lock:
             n = self._node(name)
             n.state = state  # type: ignore[assignment]
@@ -216,7 +227,7 @@ class RunExecution:
         if self.run.is_terminal:
             return
         waiting = any(n.state == pb.RUN_STATE_WAITING for n in self.run.nodes)
-        self.run.state = pb.RUN_STATE_WAITING if waiting else pb.RUN_STATE_RUNNING  # type: ignore[assignment]
+        self.run.state = pb.RUN_STATE_WAITING if waiting else pb.RUN_STATE_RUNNING
 
     def _check(self) -> None:
         if self._stop.is_set():
@@ -227,17 +238,27 @@ class RunExecution:
     def _main(self) -> None:
         try:
             with self._lock:
-                self.run.state = pb.RUN_STATE_RUNNING  # type: ignore[assignment]
+                self.run.state = pb.RUN_STATE_RUNNING
                 self.run.start_time.CopyFrom(now_ts())
             self._changed()
-            self._emit(self.factory.lifecycle("run.started", "RUNNING", {
-                "relaunch_of": self.run.relaunch_of, "source_capture": self.run.source_capture}))
+            self._emit(
+                self.factory.lifecycle(
+                    "run.started",
+                    "RUNNING",
+                    {
+                        "relaunch_of": self.run.relaunch_of,
+                        "source_capture": self.run.source_capture,
+                    },
+                )
+            )
             self._run_graph()
             self._finish(pb.RUN_STATE_SUCCEEDED, "")
         except RunStopped:
             cancelled = self._failure is not None and self._failure.startswith("cancelled")
-            self._finish(pb.RUN_STATE_CANCELLED if cancelled else pb.RUN_STATE_FAILED,
-                         self._failure or "stopped")
+            self._finish(
+                pb.RUN_STATE_CANCELLED if cancelled else pb.RUN_STATE_FAILED,
+                self._failure or "stopped",
+            )
         except Exception as exc:  # a bug of ours: fail the run with the reason, never hang
             log.exception("run %s failed", self.run.name)
             self._finish(pb.RUN_STATE_FAILED, self._failure or f"{type(exc).__name__}: {exc}")
@@ -246,17 +267,27 @@ class RunExecution:
         with self._lock:
             for n in self.run.nodes:
                 if n.state in (pb.RUN_STATE_PENDING, pb.RUN_STATE_RUNNING, pb.RUN_STATE_WAITING):
-                    n.state = (pb.RUN_STATE_CANCELLED if state != pb.RUN_STATE_SUCCEEDED  # type: ignore[assignment]
-                               else pb.RUN_STATE_SUCCEEDED)
+                    n.state = (
+                        pb.RUN_STATE_CANCELLED
+                        if state != pb.RUN_STATE_SUCCEEDED
+                        else pb.RUN_STATE_SUCCEEDED
+                    )
                     if not n.HasField("end_time"):
                         n.end_time.CopyFrom(now_ts())
-        kind = {pb.RUN_STATE_SUCCEEDED: "run.finished", pb.RUN_STATE_FAILED: "run.failed",
-                pb.RUN_STATE_CANCELLED: "run.cancelled"}[state]
+        ends: dict[int, str] = {
+            pb.RUN_STATE_SUCCEEDED: "run.finished",
+            pb.RUN_STATE_FAILED: "run.failed",
+            pb.RUN_STATE_CANCELLED: "run.cancelled",
+        }
+        kind = ends[state]
         if state == pb.RUN_STATE_SUCCEEDED:
             self._emit(self.factory.lifecycle(kind, "SUCCEEDED"))
         else:
-            self._emit(self.factory.error(kind, "RunFailed" if state == pb.RUN_STATE_FAILED
-                                          else "RunCancelled", error))
+            self._emit(
+                self.factory.error(
+                    kind, "RunFailed" if state == pb.RUN_STATE_FAILED else "RunCancelled", error
+                )
+            )
         try:
             self.env.sink.flush()
         except Exception as exc:
@@ -273,16 +304,13 @@ class RunExecution:
     def _run_graph(self) -> None:
         results: dict[str, NodeResult] = {}
         futures: dict[str, Future[NodeResult]] = {}
-        pool = ThreadPoolExecutor(max_workers=max(1, len(self.order)),
-                                  thread_name_prefix="node")
+        pool = ThreadPoolExecutor(max_workers=max(1, len(self.order)), thread_name_prefix="node")
         try:
             for name in self.order:
                 futures[name] = pool.submit(self._node_main, name, futures, results)
             for name in self.order:
-                try:
+                with contextlib.suppress(NodeFailed, RunStopped):
                     futures[name].result()
-                except (NodeFailed, RunStopped):
-                    pass
             self._check()
         finally:
             pool.shutdown(wait=True)
@@ -293,8 +321,9 @@ class RunExecution:
                 self._failure = message
         self.cancel(message)
 
-    def _node_main(self, name: str, futures: Mapping[str, Future[NodeResult]],
-                   results: dict[str, NodeResult]) -> NodeResult:
+    def _node_main(
+        self, name: str, futures: Mapping[str, Future[NodeResult]], results: dict[str, NodeResult]
+    ) -> NodeResult:
         for dep in sorted(self.deps[name]):
             while True:
                 self._check()
@@ -307,45 +336,76 @@ class RunExecution:
                     raise RunStopped(str(e)) from e
         self._check()
         node = self.definition.nodes[name]
-        pinned = {k.split(".", 1)[1]: v for k, v in self.spec.pinned_models.items()
-                  if k.split(".", 1)[0] == name}
+        pinned = {
+            k.split(".", 1)[1]: v
+            for k, v in self.spec.pinned_models.items()
+            if k.split(".", 1)[0] == name
+        }
         skip = (self.replay.execute is not None and name not in self.replay.execute) or (
-            node.WhichOneof("kind") == "pipeline" and pinned
-            and set(node.pipeline.outputs) <= set(pinned) and self.replay.execute is None)
+            node.WhichOneof("kind") == "pipeline"
+            and pinned
+            and set(node.pipeline.outputs) <= set(pinned)
+            and self.replay.execute is None
+        )
         if skip:
             result = NodeResult(outputs=pinned, executed=False)
-            self._emit(self.factory.lifecycle("node.skipped", "SUCCEEDED", {
-                "executed": False, "outputs": pinned,
-                "reason": "reused recorded model versions" if pinned else "not selected"},
-                node=name, component=""))
+            self._emit(
+                self.factory.lifecycle(
+                    "node.skipped",
+                    "SUCCEEDED",
+                    {
+                        "executed": False,
+                        "outputs": pinned,
+                        "reason": "reused recorded model versions" if pinned else "not selected",
+                    },
+                    node=name,
+                    component="",
+                )
+            )
             self._set_node(name, pb.RUN_STATE_SUCCEEDED, executed=False, outputs=pinned)
             results[name] = result
             return result
         self._set_node(name, pb.RUN_STATE_RUNNING, executed=True)
-        self._emit(self.factory.lifecycle("node.started", "RUNNING", {"round": 0},
-                                          node=name, component=""))
+        self._emit(
+            self.factory.lifecycle("node.started", "RUNNING", {"round": 0}, node=name, component="")
+        )
         try:
             result = self._execute_node(name, results, 0)
         except RunStopped:
             self._set_node(name, pb.RUN_STATE_CANCELLED)
             raise
         except Exception as exc:
-            message = str(exc) if isinstance(exc, NodeFailed | ComponentFailed) else (
-                f"node {name} failed: {type(exc).__name__}: {exc}")
+            message = (
+                str(exc)
+                if isinstance(exc, NodeFailed | ComponentFailed)
+                else (f"node {name} failed: {type(exc).__name__}: {exc}")
+            )
             if not isinstance(exc, NodeFailed | ComponentFailed):
                 log.warning("node %s of %s failed\n%s", name, self.run.name, traceback.format_exc())
-            self._emit(self.factory.error("node.failed", type(exc).__name__, message,
-                                          node=name, component=""))
+            self._emit(
+                self.factory.error(
+                    "node.failed", type(exc).__name__, message, node=name, component=""
+                )
+            )
             self._set_node(name, pb.RUN_STATE_FAILED, error=message)
             self._fail(message)
             raise NodeFailed(message) from exc
         results[name] = result
-        self._emit(self.factory.lifecycle("node.finished", "SUCCEEDED", {
-            "executed": True, "outputs": result.outputs}, node=name, component=""))
+        self._emit(
+            self.factory.lifecycle(
+                "node.finished",
+                "SUCCEEDED",
+                {"executed": True, "outputs": result.outputs},
+                node=name,
+                component="",
+            )
+        )
         self._set_node(name, pb.RUN_STATE_SUCCEEDED, outputs=result.outputs)
         return result
 
-    def _incoming(self, name: str, results: Mapping[str, NodeResult]) -> tuple[dict[str, str], dict[str, float]]:
+    def _incoming(
+        self, name: str, results: Mapping[str, NodeResult]
+    ) -> tuple[dict[str, str], dict[str, float]]:
         models: dict[str, str] = {}
         stats: dict[str, float] = {}
         for e in self.definition.edges:
@@ -354,14 +414,16 @@ class RunExecution:
             up = results[e.from_node]
             stats.update(up.stats)
             version = up.outputs.get(e.carries) or (
-                next(iter(up.outputs.values())) if len(up.outputs) == 1 else "")
+                next(iter(up.outputs.values())) if len(up.outputs) == 1 else ""
+            )
             if version:
                 models.setdefault(e.carries, version)
                 models[f"{e.from_node}.{e.carries}"] = version
         return models, stats
 
-    def _execute_node(self, name: str, results: Mapping[str, NodeResult], round_: int
-                      ) -> NodeResult:
+    def _execute_node(
+        self, name: str, results: Mapping[str, NodeResult], round_: int
+    ) -> NodeResult:
         node = self.definition.nodes[name]
         if node.WhichOneof("kind") == "policy":
             return self._policy(name, node.policy, results, round_)
@@ -372,22 +434,42 @@ class RunExecution:
 
     # ----- pipelines
 
-    def _task(self, name: str, comp_id: str, comp: registry_pb2.Component,
-              models: Mapping[str, str], round_: int, outputs: Mapping[str, str]) -> ComponentTask:
+    def _task(
+        self,
+        name: str,
+        comp_id: str,
+        comp: registry_pb2.Component,
+        models: Mapping[str, str],
+        round_: int,
+        outputs: Mapping[str, str],
+    ) -> ComponentTask:
         return ComponentTask(
-            ion=self.ion, run=self.run.name, node=name, component=comp_id, call=comp.call,
-            command=list(comp.command), params=params_of(self.spec, name, comp_id),
-            root_seed=self.spec.seed, round=round_, models=dict(models),
-            outputs=dict(outputs), expected_datasets=self.expected_datasets,
-            allow_drift=self.env.allow_drift, recorder=self.env.recorder,
-            registry=self.env.registry, code_path=self.env.code_path,
-            trace_id=self.run.trace_id, hlc=self.factory.clock.now(),
+            ion=self.ion,
+            run=self.run.name,
+            node=name,
+            component=comp_id,
+            call=comp.call,
+            command=list(comp.command),
+            params=params_of(self.spec, name, comp_id),
+            root_seed=self.spec.seed,
+            round=round_,
+            models=dict(models),
+            outputs=dict(outputs),
+            expected_datasets=self.expected_datasets,
+            allow_drift=self.env.allow_drift,
+            recorder=self.env.recorder,
+            registry=self.env.registry,
+            code_path=self.env.code_path,
+            trace_id=self.run.trace_id,
+            hlc=self.factory.clock.now(),
+            return_events=True,
         )
 
     def _submit(self, task: ComponentTask, upstream: Mapping[str, Any]) -> Any:
         names = sorted(upstream)
         ref = self.env.remote.options(name=f"{task.node}.{task.label}").remote(
-            task, names, *[upstream[n] for n in names])
+            task, names, *[upstream[n] for n in names]
+        )
         with self._lock:
             self._inflight.add(ref)
         return ref
@@ -405,6 +487,7 @@ class RunExecution:
             except ray.exceptions.RayTaskError as e:
                 cause = e.cause if isinstance(getattr(e, "cause", None), Exception) else None
                 if isinstance(cause, ComponentFailed):
+                    self._forward(cause.events)
                     raise cause from None
                 raise ComponentFailed(str(cause or e).strip().splitlines()[-1]) from None
             except (ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError) as e:
@@ -414,31 +497,52 @@ class RunExecution:
             with self._lock:
                 self._inflight.discard(ref)
         self.factory.clock.observe(*result.hlc)
+        self._forward(result.events)
         return result
 
+    def _forward(self, events: list[bytes]) -> None:
+        """Appends the events a component handed back, in the executor's batches."""
+        for data in events:
+            self._emit(Event.FromString(data))
+
     def _components_order(self, pipeline: registry_pb2.Pipeline, exclude: str = "") -> list[str]:
-        deps = {c: {a for a in comp.after if a != exclude} for c, comp in pipeline.components.items()
-                if c != exclude}
+        deps = {
+            c: {a for a in comp.after if a != exclude}
+            for c, comp in pipeline.components.items()
+            if c != exclude
+        }
         return policies.topo_order(deps)
 
-    def _pipeline(self, name: str, pipeline: registry_pb2.Pipeline, models: Mapping[str, str],
-                  round_: int, exclude: str = "") -> NodeResult:
+    def _pipeline(
+        self,
+        name: str,
+        pipeline: registry_pb2.Pipeline,
+        models: Mapping[str, str],
+        round_: int,
+        exclude: str = "",
+    ) -> NodeResult:
         order = self._components_order(pipeline, exclude)
         outputs_by_comp: dict[str, dict[str, str]] = {}
         ion_id = self.ion.split("/")[-1]
-        for out, comp in pipeline.outputs.items():
-            outputs_by_comp.setdefault(comp, {})[out] = model_id(ion_id, name, out)
+        for out, maker in pipeline.outputs.items():
+            outputs_by_comp.setdefault(maker, {})[out] = model_id(ion_id, name, out)
         refs: dict[str, Any] = {}
         for comp_id in order:
             comp = pipeline.components[comp_id]
             task = self._task(name, comp_id, comp, models, round_, outputs_by_comp.get(comp_id, {}))
-            refs[comp_id] = self._submit(task, {a: refs[a] for a in _ancestors(pipeline, comp_id)
-                                                if a in refs})
+            refs[comp_id] = self._submit(
+                task, {a: refs[a] for a in _ancestors(pipeline, comp_id) if a in refs}
+            )
         return self._collect(name, pipeline, order, refs)
 
-    def _collect(self, name: str, pipeline: registry_pb2.Pipeline, order: list[str],
-                 refs: Mapping[str, Any], extra: Mapping[str, ComponentResult] | None = None
-                 ) -> NodeResult:
+    def _collect(
+        self,
+        name: str,
+        pipeline: registry_pb2.Pipeline,
+        order: list[str],
+        refs: Mapping[str, Any],
+        extra: Mapping[str, ComponentResult] | None = None,
+    ) -> NodeResult:
         results = {c: self._get(refs[c]) for c in order}
         results.update(extra or {})
         out = NodeResult()
@@ -452,15 +556,22 @@ class RunExecution:
             if comp in results and output in results[comp].outputs:
                 out.outputs[output] = results[comp].outputs[output]
             elif comp in results:
-                raise NodeFailed(f"node {name}: component {comp} made no model for output "
-                                 f"{output!r}; return the model or call ctx.log_model")
+                raise NodeFailed(
+                    f"node {name}: component {comp} made no model for output "
+                    f"{output!r}; return the model or call ctx.log_model"
+                )
         out.predictions = np.concatenate(preds) if preds else None
         return out
 
     # ----- streaming
 
-    def _streaming(self, name: str, node: registry_pb2.Node, results: Mapping[str, NodeResult],
-                   models: dict[str, str]) -> NodeResult:
+    def _streaming(
+        self,
+        name: str,
+        node: registry_pb2.Node,
+        results: Mapping[str, NodeResult],
+        models: dict[str, str],
+    ) -> NodeResult:
         stream = node.streaming
         pipeline = node.pipeline
         score_id = stream.score or next(iter(pipeline.components))
@@ -470,8 +581,9 @@ class RunExecution:
         for comp_id in order:
             comp = pipeline.components[comp_id]
             task = self._task(name, comp_id, comp, models, 0, {})
-            refs[comp_id] = self._submit(task, {a: refs[a] for a in _ancestors(pipeline, comp_id)
-                                                if a in refs})
+            refs[comp_id] = self._submit(
+                task, {a: refs[a] for a in _ancestors(pipeline, comp_id) if a in refs}
+            )
         # The live source: a component the score runs after, or ctx.live_batch(uri) inside it.
         source = next((a for a in score.after if a in refs), "")
         for c in order:  # surface failures of the source components
@@ -481,7 +593,7 @@ class RunExecution:
         swaps = dict((b, r) for r, b in self.replay.swaps.get(name, []))
         replay_retrains = dict((b, r) for r, b in self.replay.retrains.get(name, []))
         replaying = self.replay.relaunch
-        rounds: dict[int, Future[NodeResult]] = {}
+        rounds: dict[int, Future[dict[str, NodeResult]]] = {}
         round_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-retrain")
         current = dict(models)
         errors = 0
@@ -494,13 +606,27 @@ class RunExecution:
                 self._check()
                 # Retraining starts: at recorded positions on a relaunch, by schedule otherwise.
                 if chain:
-                    start_round = replay_retrains.get(b) if replaying else (
-                        next_round if trigger(b, time.monotonic() - started, next_round) else None)
+                    start_round = (
+                        replay_retrains.get(b)
+                        if replaying
+                        else (
+                            next_round
+                            if trigger(b, time.monotonic() - started, next_round)
+                            else None
+                        )
+                    )
                     if start_round is not None:
-                        self._emit(self.factory.custom("stream.retrain", {
-                            "round": start_round, "batch": b}, node=name, component=""))
-                        rounds[start_round] = round_pool.submit(self._retrain, chain, name,
-                                                                results, start_round)
+                        self._emit(
+                            self.factory.custom(
+                                "stream.retrain",
+                                {"round": start_round, "batch": b},
+                                node=name,
+                                component="",
+                            )
+                        )
+                        rounds[start_round] = round_pool.submit(
+                            self._retrain, chain, name, results, start_round
+                        )
                         next_round = start_round + 1
                 # Swaps: at recorded positions on a relaunch, when a model is ready otherwise.
                 ready: list[int] = []
@@ -517,22 +643,30 @@ class RunExecution:
                     new_models = self._round_models(name, fut.result())
                     if new_models.get("model") and new_models["model"] != current.get("model"):
                         current.update(new_models)
-                        data, digest = self.env.store.load(current["model"])
-                        self._emit(self.factory.model("swapped", current["model"], digest, b,
-                                                      node=name, component=""))
-                        self._emit(self.factory.custom("stream.swap", {
-                            "round": r, "batch": b, "model_version": current["model"]},
-                            node=name, component=""))
+                        _data, digest = self.env.store.load(current["model"])
+                        self._emit(
+                            self.factory.model(
+                                "swapped", current["model"], digest, b, node=name, component=""
+                            )
+                        )
+                        self._emit(
+                            self.factory.custom(
+                                "stream.swap",
+                                {"round": r, "batch": b, "model_version": current["model"]},
+                                node=name,
+                                component="",
+                            )
+                        )
                 task = self._task(name, score_id, score, current, 0, {})
                 task.batch_index = b
                 task.batch_size = stream.batch_size
                 task.source = source
                 ref = self._submit(task, {source: refs[source]} if source else {})
                 try:
-                    r = self._get(ref)
-                    stats.update(r.stats)
-                    if r.predictions is not None:
-                        preds.append(r.predictions)
+                    res = self._get(ref)
+                    stats.update(res.stats)
+                    if res.predictions is not None:
+                        preds.append(res.predictions)
                 except ComponentFailed as e:  # one bad batch does not stop a live service
                     errors += 1
                     log.info("streaming node %s: batch %d failed: %s", name, b, e)
@@ -546,11 +680,17 @@ class RunExecution:
         self._emit(self.factory.stat("stream.errors", errors, node=name, component=""))
         return NodeResult(stats=stats, predictions=np.concatenate(preds) if preds else None)
 
-    def _retrain_plan(self, stream_node: str) -> tuple[list[str], Callable[[int, float, int], bool]]:
+    def _retrain_plan(
+        self, stream_node: str
+    ) -> tuple[list[str], Callable[[int, float, int], bool]]:
         """Nodes that retrain into a streaming node, and when the schedule says to start."""
         ups = policies.upstream(self.deps, stream_node)
-        scheduled = [n for n in ups if self.definition.nodes[n].schedule.every_batches > 0
-                     or self.definition.nodes[n].schedule.every_seconds > 0]
+        scheduled = [
+            n
+            for n in ups
+            if self.definition.nodes[n].schedule.every_batches > 0
+            or self.definition.nodes[n].schedule.every_seconds > 0
+        ]
         if not scheduled:
             return [], lambda b, t, r: False
         chain = set(scheduled) | (policies.downstream(self.deps, scheduled) & ups)
@@ -564,28 +704,40 @@ class RunExecution:
 
         return ordered, trigger
 
-    def _retrain(self, chain: list[str], stream_node: str, results: Mapping[str, NodeResult],
-                 round_: int) -> dict[str, NodeResult]:
+    def _retrain(
+        self, chain: list[str], stream_node: str, results: Mapping[str, NodeResult], round_: int
+    ) -> dict[str, NodeResult]:
         local = dict(results)
         for n in chain:
             self._check()
-            self._emit(self.factory.lifecycle("node.started", "RUNNING", {"round": round_},
-                                              node=n, component=""))
+            self._emit(
+                self.factory.lifecycle(
+                    "node.started", "RUNNING", {"round": round_}, node=n, component=""
+                )
+            )
             local[n] = self._execute_node(n, local, round_)
-            self._emit(self.factory.lifecycle("node.finished", "SUCCEEDED", {
-                "round": round_, "executed": True, "outputs": local[n].outputs},
-                node=n, component=""))
+            self._emit(
+                self.factory.lifecycle(
+                    "node.finished",
+                    "SUCCEEDED",
+                    {"round": round_, "executed": True, "outputs": local[n].outputs},
+                    node=n,
+                    component="",
+                )
+            )
         return {n: local[n] for n in chain}
 
-    def _round_models(self, stream_node: str, round_results: Mapping[str, NodeResult]
-                      ) -> dict[str, str]:
+    def _round_models(
+        self, stream_node: str, round_results: Mapping[str, NodeResult]
+    ) -> dict[str, str]:
         models, _ = self._incoming(stream_node, round_results)
         return models
 
     # ----- policies
 
-    def _policy(self, name: str, policy: registry_pb2.Policy, results: Mapping[str, NodeResult],
-                round_: int) -> NodeResult:
+    def _policy(
+        self, name: str, policy: registry_pb2.Policy, results: Mapping[str, NodeResult], round_: int
+    ) -> NodeResult:
         kind = POLICY_NAMES.get(policy.type, "")
         params = params_of(self.spec, name)
         models, stats = self._incoming(name, results)
@@ -595,7 +747,11 @@ class RunExecution:
             if not version:
                 raise NodeFailed(f"model transfer {name}: no model reaches it")
             _, digest = self.env.store.load(version)
-            self._emit(self.factory.model("transferred", version, digest, **where))
+            self._emit(
+                self.factory.model(
+                    "transferred", version, digest, node=where["node"], component=where["component"]
+                )
+            )
             return NodeResult(outputs={"model": version}, stats=stats)
         if kind == "approval":
             return self._approval(name, params, models, stats, round_, where)
@@ -605,8 +761,15 @@ class RunExecution:
             return self._combine(kind, name, params, models, results, round_, where)
         raise NodeFailed(f"node {name}: unknown policy type {policy.type}")
 
-    def _approval(self, name: str, params: Mapping[str, Any], models: dict[str, str],
-                  stats: dict[str, float], round_: int, where: dict[str, str]) -> NodeResult:
+    def _approval(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        models: dict[str, str],
+        stats: dict[str, float],
+        round_: int,
+        where: dict[str, str],
+    ) -> NodeResult:
         key = (name, round_)
         decision = self.replay.approvals.get(key)
         rule = str(params.get("auto_if", "") or "")
@@ -617,32 +780,54 @@ class RunExecution:
                 raise NodeFailed(f"approval gate {name}: {e}") from e
             if ok:
                 decision = (True, "auto_if", rule)
-            self._emit(self.factory.custom("approval.rule", {
-                "rule": rule, "result": ok}, **where))
+            self._emit(
+                self.factory.custom(
+                    "approval.rule",
+                    {"rule": rule, "result": ok},
+                    node=where["node"],
+                    component=where["component"],
+                )
+            )
         if decision is None:
             timeout = float(params.get("timeout_s", 600) or 600)
             on_timeout = str(params.get("on_timeout", "") or "")
             decision = self._wait_for_person(name, key, timeout, on_timeout)
         approve, user, comment = decision
-        self._emit(self.factory.human(user, "approve" if approve else "reject", comment, **where))
+        self._emit(
+            self.factory.human(
+                user,
+                "approve" if approve else "reject",
+                comment,
+                node=where["node"],
+                component=where["component"],
+            )
+        )
         if not approve:
-            raise NodeFailed(f"approval gate {name}: rejected by {user}"
-                             + (f": {comment}" if comment else ""))
+            raise NodeFailed(
+                f"approval gate {name}: rejected by {user}" + (f": {comment}" if comment else "")
+            )
         version = models.get("model") or next(iter(models.values()), "")
         out = {"model": version} if version else {}
         return NodeResult(outputs=out, stats=stats)
 
-    def _wait_for_person(self, name: str, key: tuple[str, int], timeout: float,
-                         on_timeout: str = "") -> tuple[bool, str, str]:
+    def _wait_for_person(
+        self, name: str, key: tuple[str, int], timeout: float, on_timeout: str = ""
+    ) -> tuple[bool, str, str]:
         with self._lock:
             self._waiting.add(key)
             if key[1] == 0:
-                self._node(name).state = pb.RUN_STATE_WAITING  # type: ignore[assignment]
+                self._node(name).state = pb.RUN_STATE_WAITING
             self._refresh_run_state()
         self._changed()
-        self._emit(self.factory.lifecycle("approval.waiting", "WAITING",
-                                          {"timeout_s": timeout, "round": key[1]},
-                                          node=name, component=""))
+        self._emit(
+            self.factory.lifecycle(
+                "approval.waiting",
+                "WAITING",
+                {"timeout_s": timeout, "round": key[1]},
+                node=name,
+                component="",
+            )
+        )
         deadline = time.monotonic() + timeout
         try:
             with self._lock:
@@ -650,68 +835,112 @@ class RunExecution:
                     self._check()
                     left = deadline - time.monotonic()
                     if left <= 0 and on_timeout:
-                        self._decisions[key] = (on_timeout == "approve", "timeout",
-                                                f"no decision within {timeout:g} s")
+                        self._decisions[key] = (
+                            on_timeout == "approve",
+                            "timeout",
+                            f"no decision within {timeout:g} s",
+                        )
                         break
                     if left <= 0:
                         raise NodeFailed(
                             f"approval gate {name} timed out after {timeout:g} s "
-                            "waiting for a decision (relive run approve RUN NODE)")
+                            "waiting for a decision (relive run approve RUN NODE)"
+                        )
                     self._cond.wait(min(left, 0.5))
                 decision = self._decisions.pop(key)
         finally:
             with self._lock:
                 self._waiting.discard(key)
                 if key[1] == 0 and self._node(name).state == pb.RUN_STATE_WAITING:
-                    self._node(name).state = pb.RUN_STATE_RUNNING  # type: ignore[assignment]
+                    self._node(name).state = pb.RUN_STATE_RUNNING
                 self._refresh_run_state()
             self._changed()
         return decision
 
-    def _canary(self, name: str, params: Mapping[str, Any], results: Mapping[str, NodeResult],
-                where: dict[str, str]) -> NodeResult:
+    def _canary(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        results: Mapping[str, NodeResult],
+        where: dict[str, str],
+    ) -> NodeResult:
         primary = policies.canary_primary(self.definition, name)
         control = str(params.get("control") or "")
         if primary not in results or control not in results:
-            raise NodeFailed(f"canary {name}: needs a scoring node fed by its upstream and a "
-                             f"control node (found primary={primary!r}, control={control!r})")
+            raise NodeFailed(
+                f"canary {name}: needs a scoring node fed by its upstream and a "
+                f"control node (found primary={primary!r}, control={control!r})"
+            )
         a, b = results[primary].predictions, results[control].predictions
         if a is None or b is None:
-            raise NodeFailed(f"canary {name}: {primary if a is None else control} recorded no "
-                             "predictions (call ctx.log_predictions)")
+            raise NodeFailed(
+                f"canary {name}: {primary if a is None else control} recorded no "
+                "predictions (call ctx.log_predictions)"
+            )
         n = min(len(a), len(b))
         disagreement = float(np.mean(np.asarray(a[:n]) != np.asarray(b[:n]))) if n else 0.0
         threshold = float(params.get("max_disagreement", 0.05))
         enough = n >= int(params.get("min_samples", 1) or 1)
         flagged = enough and disagreement > threshold
-        self._emit(self.factory.stat("canary.disagreement", disagreement,
-                                     labels={"primary": primary, "control": control}, **where))
-        self._emit(self.factory.stat("canary.samples", n, **where))
-        self._emit(self.factory.stat("canary.flagged", 1.0 if flagged else 0.0, **where))
+        self._emit(
+            self.factory.stat(
+                "canary.disagreement",
+                disagreement,
+                labels={"primary": primary, "control": control},
+                node=where["node"],
+                component=where["component"],
+            )
+        )
+        self._emit(
+            self.factory.stat("canary.samples", n, node=where["node"], component=where["component"])
+        )
+        self._emit(
+            self.factory.stat(
+                "canary.flagged",
+                1.0 if flagged else 0.0,
+                node=where["node"],
+                component=where["component"],
+            )
+        )
         if flagged:
-            self._emit(self.factory.log(
-                f"canary {name}: {primary} and {control} disagree on {disagreement:.1%} of "
-                f"{n} predictions, above the threshold {threshold:.1%}", "WARNING", **where))
+            self._emit(
+                self.factory.log(
+                    f"canary {name}: {primary} and {control} disagree on {disagreement:.1%} of "
+                    f"{n} predictions, above the threshold {threshold:.1%}",
+                    "WARNING",
+                    node=where["node"],
+                    component=where["component"],
+                )
+            )
         stats = {"canary.disagreement": disagreement, "canary.flagged": float(flagged)}
         version = next((v for k, v in self._incoming(name, results)[0].items() if "." not in k), "")
         return NodeResult(outputs={"model": version} if version else {}, stats=stats)
 
-    def _member_models(self, nodes: list[str], models: dict[str, str],
-                       results: Mapping[str, NodeResult], what: str) -> list[str]:
+    def _member_models(
+        self, nodes: list[str], models: dict[str, str], results: Mapping[str, NodeResult], what: str
+    ) -> list[str]:
         out = []
         for n in nodes:
             outputs = results[n].outputs if n in results else {}
-            version = outputs.get("model") or (next(iter(outputs.values())) if len(outputs) == 1
-                                               else "")
+            version = outputs.get("model") or (
+                next(iter(outputs.values())) if len(outputs) == 1 else ""
+            )
             version = version or next((v for k, v in models.items() if k.startswith(f"{n}.")), "")
             if not version:
                 raise NodeFailed(f"{what}: node {n} made no model")
             out.append(version)
         return out
 
-    def _combine(self, kind: str, name: str, params: Mapping[str, Any], models: dict[str, str],
-                 results: Mapping[str, NodeResult], round_: int, where: dict[str, str]
-                 ) -> NodeResult:
+    def _combine(
+        self,
+        kind: str,
+        name: str,
+        params: Mapping[str, Any],
+        models: dict[str, str],
+        results: Mapping[str, NodeResult],
+        round_: int,
+        where: dict[str, str],
+    ) -> NodeResult:
         edge_nodes = [e.from_node for e in self.definition.edges if e.to_node == name]
         if kind == "ab_split":
             weights = {str(k): float(v) for k, v in dict(params.get("weights") or {}).items()}
@@ -719,25 +948,56 @@ class RunExecution:
             if len(arms) < 2:
                 raise NodeFailed(f"A/B split {name}: needs at least two arms (got {len(arms)})")
             versions = self._member_models(arms, models, results, f"A/B split {name}")
-            seed = int(params["seed"]) if "seed" in params else derive_seed(
-                self.spec.seed, name, "split")
-            obj: Any = ABSplit([loads(self.env.store.load(v)[0]) for v in versions],
-                               [weights.get(a, 1.0) for a in arms], seed, arms)
+            seed = (
+                int(params["seed"])
+                if "seed" in params
+                else derive_seed(self.spec.seed, name, "split")
+            )
+            obj: Any = ABSplit(
+                [loads(self.env.store.load(v)[0]) for v in versions],
+                [weights.get(a, 1.0) for a in arms],
+                seed,
+                arms,
+            )
             labels = {"policy": "ab_split", "arms": ",".join(arms)}
             for arm in arms:
-                self._emit(self.factory.stat(f"ab.share.{arm}", weights.get(arm, 1.0 / len(arms)),
-                                             **where))
+                self._emit(
+                    self.factory.stat(
+                        f"ab.share.{arm}",
+                        weights.get(arm, 1.0 / len(arms)),
+                        node=where["node"],
+                        component=where["component"],
+                    )
+                )
         else:
             members = [str(m) for m in params.get("members") or []] or edge_nodes
             if len(members) < 2:
-                raise NodeFailed(f"ensemble {name}: needs at least two members (got {len(members)})")
+                raise NodeFailed(
+                    f"ensemble {name}: needs at least two members (got {len(members)})"
+                )
             versions = self._member_models(members, models, results, f"ensemble {name}")
-            obj = Ensemble([loads(self.env.store.load(v)[0]) for v in versions],
-                           str(params.get("method", "vote")), params.get("weights"))
+            obj = Ensemble(
+                [loads(self.env.store.load(v)[0]) for v in versions],
+                str(params.get("method", "vote")),
+                params.get("weights"),
+            )
             labels = {"policy": "ensemble", "members": ",".join(members)}
         data = dumps(obj)
-        stored = self.env.store.store(model_id(self.ion.split("/")[-1], name, "model"), data,
-                                      run=self.run.name, node=name, labels=labels,
-                                      dataset_refs=())
-        self._emit(self.factory.model("logged", stored.name, stored.sha256, **where))
+        stored = self.env.store.store(
+            model_id(self.ion.split("/")[-1], name, "model"),
+            data,
+            run=self.run.name,
+            node=name,
+            labels=labels,
+            dataset_refs=(),
+        )
+        self._emit(
+            self.factory.model(
+                "logged",
+                stored.name,
+                stored.sha256,
+                node=where["node"],
+                component=where["component"],
+            )
+        )
         return NodeResult(outputs={"model": stored.name})

@@ -35,10 +35,17 @@ def init_ray(config: Config) -> Any:
 
     if not ray.is_initialized():
         paths = [p for p in config.code_path if p]
-        env = {"PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]).strip(
-            os.pathsep)}
-        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False,
-                                  "log_to_driver": False, "runtime_env": {"env_vars": env}}
+        env = {
+            "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]).strip(
+                os.pathsep
+            )
+        }
+        kwargs: dict[str, Any] = {
+            "ignore_reinit_error": True,
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "runtime_env": {"env_vars": env},
+        }
         if config.ray_address:
             ray.init(address=config.ray_address, **kwargs)
         else:
@@ -61,28 +68,41 @@ def _connect_store(config: Config) -> None:
         connect(config, ALIAS)  # raises the standard FailedPrecondition
     mongoengine.disconnect(alias=ALIAS)
     mongoengine.connect(
-        db=config.database(ALIAS), alias=ALIAS, host=config.mongodb_uri,
-        uuidRepresentation="standard", tz_aware=True, serverSelectionTimeoutMS=10_000,
+        db=config.database(ALIAS),
+        alias=ALIAS,
+        host=config.mongodb_uri,
+        uuidRepresentation="standard",
+        tz_aware=True,
+        serverSelectionTimeoutMS=10_000,
         appname="relive-executor",
     )
 
 
 def create_server(config: Config) -> tuple[Server, int]:
     if not config.registry_endpoint or not config.recorder_endpoint:
-        raise FailedPrecondition("the executor needs RELIVE_REGISTRY_ENDPOINT and "
-                                 "RELIVE_RECORDER_ENDPOINT", field="RELIVE_REGISTRY_ENDPOINT")
+        raise FailedPrecondition(
+            "the executor needs RELIVE_REGISTRY_ENDPOINT and RELIVE_RECORDER_ENDPOINT",
+            field="RELIVE_REGISTRY_ENDPOINT",
+        )
     _connect_store(config)
     ray = init_ray(config)
     registry = Registry(config.registry_endpoint)
     recorder = Recorder(config.recorder_endpoint)
-    service = ExecutorService(store=RunStore(), registry=registry, recorder=recorder, ray=ray,
-                              remote=remote_function(ray), code_path=config.code_path)
+    service = ExecutorService(
+        store=RunStore(),
+        registry=registry,
+        recorder=recorder,
+        ray=ray,
+        remote=remote_function(ray),
+        code_path=config.code_path,
+    )
     recovered = service.recover()
     if recovered:
         log.warning("marked %d unfinished run(s) of an earlier executor FAILED", recovered)
     servicer = ExecutorServicer(service)
     server = build_server(
-        config, lambda s: executor_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, s),
+        config,
+        lambda s: executor_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, s),
         [SERVICE_NAME],
     )
     server.add_stop_hook(registry.close)

@@ -24,7 +24,7 @@ from relive.core.names import check_id, decode_token, encode_token, page_size, p
 from relive.executor import drift, policies
 from relive.executor.backends import Recorder, Registry
 from relive.executor.runner import Replay, RunEnv, RunExecution, now_ts
-from relive.executor.store import TERMINAL, RunStore
+from relive.executor.store import RunStore
 from relive.executor.v1 import executor_pb2 as pb
 from relive.executor.verify import verify as compare_runs
 from relive.pipeline import datasets
@@ -35,19 +35,22 @@ from relive.registry.v1 import registry_pb2
 log = logging.getLogger(__name__)
 
 RUN_PATTERN = "ions/{ion}/runs/{run}"
-RESTART_REASON = ("the executor restarted while this run was in progress; "
-                  "relaunch it with `relive relaunch RUN`")
+RESTART_REASON = (
+    "the executor restarted while this run was in progress; relaunch it with `relive relaunch RUN`"
+)
 
 
 def environment(ray_version: str) -> pb.Environment:
     packages = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = dist.metadata.get("Name", "")
         if name:
             packages[name.lower()] = dist.version
     return pb.Environment(
-        python_version=sys.version.split()[0], packages=packages,
-        platform=platform.platform(), ray_version=ray_version,
+        python_version=sys.version.split()[0],
+        packages=packages,
+        platform=platform.platform(),
+        ray_version=ray_version,
     )
 
 
@@ -59,8 +62,16 @@ def _parse_value(text: str) -> Any:
 
 
 class ExecutorService:
-    def __init__(self, *, store: RunStore, registry: Registry, recorder: Recorder,
-                 ray: Any, remote: Callable[..., Any], code_path: Sequence[str]) -> None:
+    def __init__(
+        self,
+        *,
+        store: RunStore,
+        registry: Registry,
+        recorder: Recorder,
+        ray: Any,
+        remote: Callable[..., Any],
+        code_path: Sequence[str],
+    ) -> None:
         self.store = store
         self.registry = registry
         self.recorder = recorder
@@ -71,7 +82,11 @@ class ExecutorService:
         self._sinks: dict[str, RecorderSink] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition()
-        self._versions: dict[str, int] = {}
+        self._dirty: dict[str, pb.Run] = {}
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._writer_thread = threading.Thread(target=self._writer, name="run-writer", daemon=True)
+        self._writer_thread.start()
 
     # ----- lifecycle of the service
 
@@ -91,8 +106,11 @@ class ExecutorService:
             self.store.save(run)
             try:
                 sink = self._sink(_ion_of(run.name))
-                sink.emit(EventFactory(_ion_of(run.name), run.name, trace_id=run.trace_id).error(
-                    "run.failed", "ExecutorRestarted", RESTART_REASON))
+                sink.emit(
+                    EventFactory(_ion_of(run.name), run.name, trace_id=run.trace_id).error(
+                        "run.failed", "ExecutorRestarted", RESTART_REASON
+                    )
+                )
                 sink.flush()
             except Exception:
                 log.warning("could not record that run %s failed", run.name, exc_info=True)
@@ -106,6 +124,9 @@ class ExecutorService:
             ex.cancel("the executor stopped while the run was in progress")
         for ex in active:
             ex.join(wait)
+        self._closing.set()
+        self._wake.set()
+        self._writer_thread.join(5)
         for sink in list(self._sinks.values()):
             try:
                 sink.close()
@@ -116,6 +137,7 @@ class ExecutorService:
         with self._lock:
             if ion not in self._sinks:
                 self._sinks[ion] = self.recorder.sink(ion)
+                self._sinks[ion].flush_every(0.25)
             return self._sinks[ion]
 
     # ----- runs
@@ -136,9 +158,13 @@ class ExecutorService:
         ion = parse_name(parent, "ions/{ion}", "parent")["ion"]
         limit = page_size(size)
         cursor = decode_token(token, {"parent": parent}).get("before")
-        rows = self.store.list(ion, limit + 1, cursor)
+        rows = self.store.list_runs(ion, limit + 1, cursor)
         runs = [self._fresh(r) for _, r in rows[:limit]]
-        next_token = encode_token({"parent": parent, "before": rows[limit - 1][0]}) if len(rows) > limit else ""
+        next_token = (
+            encode_token({"parent": parent, "before": rows[limit - 1][0]})
+            if len(rows) > limit
+            else ""
+        )
         return runs, next_token
 
     def _fresh(self, run: pb.Run) -> pb.Run:
@@ -154,12 +180,15 @@ class ExecutorService:
         if run.is_terminal:
             raise errors.FailedPrecondition(
                 f"run {name} already ended ({pb.RunState.Name(run.state)}); there is nothing "
-                "to cancel", field="name")
+                "to cancel",
+                field="name",
+            )
         with self._lock:
             ex = self._active.get(name)
         if ex is None:
-            raise errors.FailedPrecondition(f"run {name} is not running in this executor",
-                                            field="name")
+            raise errors.FailedPrecondition(
+                f"run {name} is not running in this executor", field="name"
+            )
         ex.cancel("cancelled by request")
         ex.join(30)
         return self.get(name)
@@ -187,38 +216,81 @@ class ExecutorService:
             state = next((pb.RunState.Name(n.state) for n in run.nodes if n.node == node), "?")
             raise errors.FailedPrecondition(
                 f"node {node} of run {run_name} is not waiting for approval (it is {state})",
-                field="node", reason="NOT_WAITING")
+                field="node",
+                reason="NOT_WAITING",
+            )
         return self.get(run_name)
 
     def _on_change(self, run: pb.Run) -> None:
-        self.store.save(run)
+        """Watchers hear at once; the store gets the newest state from a background writer,
+        except the terminal state, which is written before anyone is told the run ended."""
         if run.is_terminal:
             with self._lock:
+                self._dirty.pop(run.name, None)
+            self.store.save(run)
+            with self._lock:
                 self._active.pop(run.name, None)
+        else:
+            with self._lock:
+                self._dirty[run.name] = run
+            self._wake.set()
         with self._changed:
             self._changed.notify_all()
 
+    def _writer(self) -> None:
+        while not self._closing.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            self._write_dirty()
+            self._closing.wait(0.1)
+
+    def _write_dirty(self) -> None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+        for name, _run in dirty.items():
+            ex = self._active.get(name)
+            if ex is None:
+                continue  # ended meanwhile: its terminal state was written already
+            with ex._lock:
+                snapshot = _copy(ex.run)
+            if not snapshot.is_terminal:
+                try:
+                    self.store.save(snapshot)
+                except Exception:
+                    log.warning("could not save run %s", name, exc_info=True)
+
     # ----- launch
 
-    def launch(self, parent: str, revision_id: int, overrides: Mapping[str, str], seed: int,
-               request_id: str) -> pb.Run:
+    def launch(
+        self,
+        parent: str,
+        revision_id: int,
+        overrides: Mapping[str, str],
+        seed: int,
+        request_id: str,
+    ) -> pb.Run:
         ion = parse_name(parent, "ions/{ion}", "parent")["ion"]
         request_key = f"{ion}:{request_id}" if request_id else ""
         if request_key and (existing := self.store.by_request(request_key)):
             return self._fresh(existing)
         if revision_id < 0:
-            raise errors.InvalidArgument(f"revision_id must be positive, got {revision_id}",
-                                         field="revision_id")
+            raise errors.InvalidArgument(
+                f"revision_id must be positive, got {revision_id}", field="revision_id"
+            )
         rev_name = f"{parent}/revisions/{revision_id or 'latest'}"
         try:
             revision = self.registry.get_revision(rev_name)
         except errors.NotFound as e:
             what = f"revision {revision_id}" if revision_id else "any revision"
-            raise errors.NotFound(f"ION {ion} has no {what}: {e.message}",
-                                  field="revision_id" if revision_id else "parent") from e
+            raise errors.NotFound(
+                f"ION {ion} has no {what}: {e.message}",
+                field="revision_id" if revision_id else "parent",
+            ) from e
         spec = pb.LaunchSpec(
-            revision=revision.name, definition_sha256=revision.definition_sha256,
-            definition=revision.definition, seed=seed or random.randrange(1, 2**31),
+            revision=revision.name,
+            definition_sha256=revision.definition_sha256,
+            definition=revision.definition,
+            seed=seed or random.randrange(1, 2**31),
             environment=environment(getattr(self.ray, "__version__", "")),
         )
         spec.code_refs.extend(revision.code_refs)
@@ -229,8 +301,12 @@ class ExecutorService:
         self._pin_scheduled(spec, ion)
         return self._start(ion, spec, Replay(), request_key=request_key)
 
-    def _resolve_params(self, spec: pb.LaunchSpec, definition: registry_pb2.IonDefinition,
-                        overrides: Mapping[str, str]) -> None:
+    def _resolve_params(
+        self,
+        spec: pb.LaunchSpec,
+        definition: registry_pb2.IonDefinition,
+        overrides: Mapping[str, str],
+    ) -> None:
         resolved: dict[str, dict[str, Any]] = {}
         for node_id, node in definition.nodes.items():
             if node.WhichOneof("kind") == "pipeline":
@@ -244,20 +320,26 @@ class ExecutorService:
             if not target or not param:
                 raise errors.InvalidArgument(
                     f"--set {key}: use NODE.COMPONENT.PARAM (or NODE.PARAM for a policy)",
-                    field=field)
+                    field=field,
+                )
             if target not in resolved:
                 node_id = target.split(".")[0]
                 if node_id not in definition.nodes:
                     raise errors.InvalidArgument(
                         f"--set {key}: the ION has no node {node_id!r} "
-                        f"(nodes: {', '.join(sorted(definition.nodes))})", field=field)
-                raise errors.InvalidArgument(f"--set {key}: node {node_id!r} has no component "
-                                             f"{target.partition('.')[2]!r}", field=field)
+                        f"(nodes: {', '.join(sorted(definition.nodes))})",
+                        field=field,
+                    )
+                raise errors.InvalidArgument(
+                    f"--set {key}: node {node_id!r} has no component {target.partition('.')[2]!r}",
+                    field=field,
+                )
             if param not in resolved[target]:
                 known = ", ".join(sorted(resolved[target])) or "none"
                 raise errors.InvalidArgument(
                     f"--set {key}: {target} has no parameter {param!r} (its parameters: {known})",
-                    field=field)
+                    field=field,
+                )
             resolved[target][param] = _parse_value(text)
         for key, values in resolved.items():
             s = struct_pb2.Struct()
@@ -277,10 +359,13 @@ class ExecutorService:
                 try:
                     digest, size = datasets.content_hash(uri)
                 except (OSError, ValueError) as e:
-                    raise errors.InvalidArgument(f"{key}.{param}: dataset {value!r} cannot be "
-                                                 f"read: {e}", field=f"params[{key}.{param}]") from e
-                spec.dataset_refs.append(registry_pb2.DatasetRef(uri=uri, sha256=digest,
-                                                                 size_bytes=size))
+                    raise errors.InvalidArgument(
+                        f"{key}.{param}: dataset {value!r} cannot be read: {e}",
+                        field=f"params[{key}.{param}]",
+                    ) from e
+                spec.dataset_refs.append(
+                    registry_pb2.DatasetRef(uri=uri, sha256=digest, size_bytes=size)
+                )
 
     def _pin_scheduled(self, spec: pb.LaunchSpec, ion: str) -> None:
         """Nodes whose schedule skips this launch reuse the newest models they made before."""
@@ -295,29 +380,57 @@ class ExecutorService:
                         spec.pinned_models[f"{node_id}.{out}"] = version
                     break
 
-    def _start(self, ion: str, spec: pb.LaunchSpec, replay: Replay, *, request_key: str = "",
-               relaunch_of: str = "", source_capture: str = "", allow_drift: bool = False
-               ) -> pb.Run:
+    def _start(
+        self,
+        ion: str,
+        spec: pb.LaunchSpec,
+        replay: Replay,
+        *,
+        request_key: str = "",
+        relaunch_of: str = "",
+        source_capture: str = "",
+        allow_drift: bool = False,
+    ) -> pb.Run:
         policies.topo_order(policies.dependencies(spec.definition))
         number = self.store.next_number(f"run:{ion}")
         name = f"ions/{ion}/runs/run-{number}"
-        run = pb.Run(name=name, state=pb.RUN_STATE_PENDING, spec=spec, relaunch_of=relaunch_of,
-                     source_capture=source_capture, trace_id=os.urandom(16).hex())
+        run = pb.Run(
+            name=name,
+            state=pb.RUN_STATE_PENDING,
+            spec=spec,
+            relaunch_of=relaunch_of,
+            source_capture=source_capture,
+            trace_id=os.urandom(16).hex(),
+        )
         run.create_time.CopyFrom(now_ts())
         for node_id in sorted(spec.definition.nodes):
             run.nodes.add(node=node_id, state=pb.RUN_STATE_PENDING)
         self.store.create(run, ion, number, request_key)
         sink = self._sink(f"ions/{ion}")
         factory = EventFactory(f"ions/{ion}", name, trace_id=run.trace_id)
-        sink.emit(factory.lifecycle("run.launched", "PENDING", {
-            "spec": json_format.MessageToDict(spec, preserving_proto_field_name=True),
-            "relaunch_of": relaunch_of, "source_capture": source_capture,
-            "launched_by": getpass.getuser(),
-        }))
+        sink.emit(
+            factory.lifecycle(
+                "run.launched",
+                "PENDING",
+                {
+                    "spec": json_format.MessageToDict(spec, preserving_proto_field_name=True),
+                    "relaunch_of": relaunch_of,
+                    "source_capture": source_capture,
+                    "launched_by": getpass.getuser(),
+                },
+            )
+        )
         sink.flush()
-        env = RunEnv(recorder=self.recorder.endpoint, registry=self.registry.endpoint,
-                     code_path=self.code_path, sink=sink, store=self.registry.models,
-                     remote=self.remote, ray=self.ray, allow_drift=allow_drift)
+        env = RunEnv(
+            recorder=self.recorder.endpoint,
+            registry=self.registry.endpoint,
+            code_path=self.code_path,
+            sink=sink,
+            store=self.registry.models,
+            remote=self.remote,
+            ray=self.ray,
+            allow_drift=allow_drift,
+        )
         ex = RunExecution(run, env, replay, self._on_change)
         ex.factory = factory
         with self._lock:
@@ -327,8 +440,9 @@ class ExecutorService:
 
     # ----- relaunch
 
-    def relaunch(self, run: str, capture: str, pipelines: Sequence[str], allow_drift: bool,
-                 request_id: str) -> pb.Run:
+    def relaunch(
+        self, run: str, capture: str, pipelines: Sequence[str], allow_drift: bool, request_id: str
+    ) -> pb.Run:
         if bool(run) == bool(capture):
             raise errors.InvalidArgument("give exactly one of run or capture", field="source")
         if run:
@@ -348,13 +462,19 @@ class ExecutorService:
                 reason = "DATASET_CHANGED"
             if problems:
                 raise errors.FailedPrecondition(
-                    f"cannot relaunch {original}: {problems[0]}; pass --allow-drift to run "
-                    "anyway", field="allow_drift", reason=reason)
+                    f"cannot relaunch {original}: {problems[0]}; pass --allow-drift to run anyway",
+                    field="allow_drift",
+                    reason=reason,
+                )
         recorded = self._recorded(ion, original)
         new_spec = pb.LaunchSpec()
         new_spec.CopyFrom(spec)
-        replay = Replay(approvals=recorded["approvals"], swaps=recorded["swaps"],
-                        retrains=recorded["retrains"], relaunch=True)
+        replay = Replay(
+            approvals=recorded["approvals"],
+            swaps=recorded["swaps"],
+            retrains=recorded["retrains"],
+            relaunch=True,
+        )
         if pipelines:
             deps = policies.dependencies(spec.definition)
             for p in pipelines:
@@ -362,9 +482,16 @@ class ExecutorService:
                 if node is None or node.WhichOneof("kind") != "pipeline":
                     raise errors.InvalidArgument(
                         f"--pipeline {p}: the ION has no pipeline node {p!r} (pipelines: "
-                        + ", ".join(sorted(n for n, d in spec.definition.nodes.items()
-                                           if d.WhichOneof("kind") == "pipeline")) + ")",
-                        field="pipelines")
+                        + ", ".join(
+                            sorted(
+                                n
+                                for n, d in spec.definition.nodes.items()
+                                if d.WhichOneof("kind") == "pipeline"
+                            )
+                        )
+                        + ")",
+                        field="pipelines",
+                    )
             chosen = set(pipelines)
             for n in policies.topo_order(deps):
                 node = spec.definition.nodes[n]
@@ -372,7 +499,7 @@ class ExecutorService:
                     kind = node.policy.type
                     needs_all = kind == registry_pb2.POLICY_TYPE_CANARY
                     hits = [d in chosen for d in deps[n]]
-                    if (all(hits) if needs_all else any(hits)):
+                    if all(hits) if needs_all else any(hits):
                         chosen.add(n)
             replay.execute = chosen
             outputs: dict[str, dict[str, str]] = recorded["outputs"]
@@ -381,8 +508,15 @@ class ExecutorService:
                     continue
                 for out, version in outputs.get(n, {}).items():
                     new_spec.pinned_models[f"{n}.{out}"] = version
-        return self._start(ion, new_spec, replay, request_key=request_key, relaunch_of=original,
-                           source_capture=capture, allow_drift=allow_drift)
+        return self._start(
+            ion,
+            new_spec,
+            replay,
+            request_key=request_key,
+            relaunch_of=original,
+            source_capture=capture,
+            allow_drift=allow_drift,
+        )
 
     def _spec_of_run(self, name: str) -> tuple[pb.LaunchSpec, str]:
         run = self.store.get(name)
@@ -391,20 +525,26 @@ class ExecutorService:
         ion = _ion_of(name)
         for e in self.recorder.events(ion, runs=[name], types=["run.launched"]):
             return _spec_from_event(e), name
-        raise errors.NotFound(f"run {name} does not exist here, and the recorder holds no "
-                              "run.launched event for it", field="run")
+        raise errors.NotFound(
+            f"run {name} does not exist here, and the recorder holds no run.launched event for it",
+            field="run",
+        )
 
     def _spec_of_capture(self, name: str) -> tuple[pb.LaunchSpec, str]:
         cap = self.recorder.get_capture(name)
         ion = "/".join(name.split("/")[:2])
-        for e in self.recorder.events(ion, types=["run.launched"], start=cap.start_time,
-                                      end=cap.end_time):
+        for e in self.recorder.events(
+            ion, types=["run.launched"], start=cap.start_time, end=cap.end_time
+        ):
             if e.type == "run.launched" and "spec" in struct_to_dict(e.lifecycle.details):
                 return _spec_from_event(e), e.run
         raise errors.FailedPrecondition(
             f"capture {name} holds no launch spec: there is no run.launched event in its window "
             f"{cap.start_time.ToJsonString()} to {cap.end_time.ToJsonString()}; make a capture "
-            "whose window covers the launch", field="capture", reason="NO_LAUNCH_SPEC")
+            "whose window covers the launch",
+            field="capture",
+            reason="NO_LAUNCH_SPEC",
+        )
 
     def _recorded(self, ion: str, run: str) -> dict[str, Any]:
         """What the original run recorded: node outputs, approvals, swaps and retrainings."""
@@ -419,8 +559,11 @@ class ExecutorService:
                     outputs[e.node] = {k: str(v) for k, v in details.get("outputs", {}).items()}
             elif e.type == "human.approval":
                 round_ = int(e.component[1:]) if e.component.startswith("@") else 0
-                approvals[(e.node, round_)] = (e.human_action.action == "approve",
-                                               e.human_action.user, e.human_action.comment)
+                approvals[(e.node, round_)] = (
+                    e.human_action.action == "approve",
+                    e.human_action.user,
+                    e.human_action.comment,
+                )
             elif e.type in ("stream.swap", "stream.retrain"):
                 d = struct_to_dict(e.custom.data)
                 target = swaps if e.type == "stream.swap" else retrains

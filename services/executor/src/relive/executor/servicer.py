@@ -21,34 +21,48 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self.service = service
 
     def LaunchRun(self, request: pb.LaunchRunRequest, context: grpc.ServicerContext) -> pb.Run:
-        return self.service.launch(request.parent, request.revision_id, dict(request.overrides),
-                                   request.seed, request.request_id)
+        return self.service.launch(
+            request.parent,
+            request.revision_id,
+            dict(request.overrides),
+            request.seed,
+            request.request_id,
+        )
 
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
         return self.service.get(request.name)
 
-    def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext
-                 ) -> pb.ListRunsResponse:
+    def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRunsResponse:
         runs, token = self.service.list(request.parent, request.page_size, request.page_token)
         return pb.ListRunsResponse(runs=runs, next_page_token=token)
 
     def CancelRun(self, request: pb.CancelRunRequest, context: grpc.ServicerContext) -> pb.Run:
         return self.service.cancel(request.name)
 
-    def WatchRun(self, request: pb.WatchRunRequest, context: grpc.ServicerContext
-                 ) -> Iterator[pb.Run]:
+    def WatchRun(
+        self, request: pb.WatchRunRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Run]:
         yield from self.service.watch(request.name, context.is_active)
 
-    def SubmitApproval(self, request: pb.SubmitApprovalRequest, context: grpc.ServicerContext
-                       ) -> pb.Run:
-        return self.service.approve(request.run, request.node, request.approve, request.comment,
-                                    _user(context))
+    def SubmitApproval(
+        self, request: pb.SubmitApprovalRequest, context: grpc.ServicerContext
+    ) -> pb.Run:
+        return self.service.approve(
+            request.run, request.node, request.approve, request.comment, _user(context)
+        )
 
-    def RelaunchRun(self, request: pb.RelaunchRunRequest, context: grpc.ServicerContext
-                    ) -> pb.Run:
-        return self.service.relaunch(request.run, request.capture, list(request.pipelines),
-                                     request.allow_drift, request.request_id)
+    def RelaunchRun(self, request: pb.RelaunchRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        return self.service.relaunch(
+            request.run,
+            request.capture,
+            list(request.pipelines),
+            request.allow_drift,
+            request.request_id,
+        )
 
-    def VerifyRun(self, request: pb.VerifyRunRequest, context: grpc.ServicerContext
-                  ) -> pb.Verification:
+    def VerifyRun(
+        self, request: pb.VerifyRunRequest, context: grpc.ServicerContext
+    ) -> pb.Verification:
         return self.service.verify(request.original, request.relaunch, request.tolerance)

@@ -45,14 +45,21 @@ class RunStore:
     def next_number(self, key: str) -> int:
         """An atomic per-key counter: 1, 2, 3, ..."""
         doc = ExecutorCounterDoc._get_collection().find_one_and_update(
-            {"key": key}, {"$inc": {"value": 1}}, upsert=True,
+            {"key": key},
+            {"$inc": {"value": 1}},
+            upsert=True,
             return_document=ReturnDocument.AFTER,
         )
         return int(doc["value"])
 
     def create(self, run: executor_pb2.Run, ion: str, number: int, request_key: str = "") -> None:
-        doc = ExecutorRunDoc(name=run.name, ion=ion, number=number, state=int(run.state),
-                     data=run.SerializeToString())
+        doc = ExecutorRunDoc(
+            name=run.name,
+            ion=ion,
+            number=number,
+            state=int(run.state),
+            data=run.SerializeToString(),
+        )
         if request_key:
             doc.request_key = request_key
         doc.save(force_insert=True)
@@ -70,8 +77,9 @@ class RunStore:
         doc = ExecutorRunDoc.objects(request_key=request_key).first()
         return _load(doc) if doc else None
 
-    def list(self, ion: str, limit: int, before_number: int | None = None
-             ) -> list[tuple[int, executor_pb2.Run]]:
+    def list_runs(
+        self, ion: str, limit: int, before_number: int | None = None
+    ) -> list[tuple[int, executor_pb2.Run]]:
         """Newest first."""
         query = ExecutorRunDoc.objects(ion=ion)
         if before_number is not None:

@@ -47,8 +47,9 @@ def facts(events: Iterable[event_pb2.Event], node: str) -> tuple[list[Fact], boo
         if e.type == "node.started":
             executed = True
         elif e.type == "node.skipped":
-            reused = {k: str(v) for k, v in struct_to_dict(e.lifecycle.details).get(
-                "outputs", {}).items()}
+            reused = {
+                k: str(v) for k, v in struct_to_dict(e.lifecycle.details).get("outputs", {}).items()
+            }
         elif e.type == "model.logged":
             add(("model", c), e.model.sha256, e)
         elif e.type == "model.swapped":
@@ -84,9 +85,13 @@ def _describe(key: Key) -> str:
     return f"{what} " + " ".join(str(p) for p in rest[:-1] if p not in ("", None))
 
 
-def compare_node(node: str, original: Sequence[event_pb2.Event],
-                 relaunch: Sequence[event_pb2.Event], tolerance: float,
-                 original_outputs: dict[str, str] | None = None) -> pb.NodeVerification:
+def compare_node(
+    node: str,
+    original: Sequence[event_pb2.Event],
+    relaunch: Sequence[event_pb2.Event],
+    tolerance: float,
+    original_outputs: dict[str, str] | None = None,
+) -> pb.NodeVerification:
     a, a_exec, a_reused = facts(original, node)
     b, b_exec, b_reused = facts(relaunch, node)
     result = pb.NodeVerification(node=node, status=pb.VERIFICATION_STATUS_MATCH)
@@ -98,7 +103,9 @@ def compare_node(node: str, original: Sequence[event_pb2.Event],
         result.compared = len(b_reused)
         if diff:
             result.status = pb.VERIFICATION_STATUS_MISMATCH
-            result.reason = f"reused output {diff[0]} is {b_reused[diff[0]]}, the original made {want[diff[0]]}"
+            result.reason = (
+                f"reused output {diff[0]} is {b_reused[diff[0]]}, the original made {want[diff[0]]}"
+            )
         return result
     by_key = {f.key: f for f in b}
     compared = 0
@@ -107,14 +114,17 @@ def compare_node(node: str, original: Sequence[event_pb2.Event],
         if fb is None:
             result.status = pb.VERIFICATION_STATUS_MISMATCH
             result.first_divergent_event = fa.event
-            result.reason = f"{_describe(fa.key)}: recorded in the original, missing in the relaunch"
+            result.reason = (
+                f"{_describe(fa.key)}: recorded in the original, missing in the relaunch"
+            )
             break
         compared += 1
         if not _same(fa, fb, tolerance):
             result.status = pb.VERIFICATION_STATUS_MISMATCH
             result.first_divergent_event = fa.event
-            result.reason = (f"{_describe(fa.key)}: original {_short(fa.value)}, "
-                             f"relaunch {_short(fb.value)}")
+            result.reason = (
+                f"{_describe(fa.key)}: original {_short(fa.value)}, relaunch {_short(fb.value)}"
+            )
             break
     else:
         if by_key:
@@ -137,15 +147,25 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def verify(original: str, relaunch: str, nodes: Sequence[str],
-           original_events: Sequence[event_pb2.Event], relaunch_events: Sequence[event_pb2.Event],
-           tolerance: float, original_outputs: dict[str, dict[str, str]] | None = None
-           ) -> pb.Verification:
-    out = pb.Verification(original=original, relaunch=relaunch, tolerance=tolerance,
-                          status=pb.VERIFICATION_STATUS_MATCH)
+def verify(
+    original: str,
+    relaunch: str,
+    nodes: Sequence[str],
+    original_events: Sequence[event_pb2.Event],
+    relaunch_events: Sequence[event_pb2.Event],
+    tolerance: float,
+    original_outputs: dict[str, dict[str, str]] | None = None,
+) -> pb.Verification:
+    out = pb.Verification(
+        original=original,
+        relaunch=relaunch,
+        tolerance=tolerance,
+        status=pb.VERIFICATION_STATUS_MATCH,
+    )
     for node in nodes:
-        nv = compare_node(node, original_events, relaunch_events, tolerance,
-                          (original_outputs or {}).get(node))
+        nv = compare_node(
+            node, original_events, relaunch_events, tolerance, (original_outputs or {}).get(node)
+        )
         out.nodes.append(nv)
         if nv.status != pb.VERIFICATION_STATUS_MATCH:
             out.status = pb.VERIFICATION_STATUS_MISMATCH
