@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import heapq
+import itertools
 import logging
 import re
 import threading
@@ -40,6 +41,7 @@ DAY_MS = 86_400_000
 GAP_WAIT_S = 1.0
 # A claim on an event_id whose bucket is missing for this long is taken over (its writer died).
 CLAIM_TAKEOVER_S = 30.0
+LEVELS_TTL_S = 2.0
 MAX_TYPE_LEN = 256
 MAX_PRODUCER_LEN = 256
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -300,6 +302,7 @@ class RecorderService:
         self._producer_locks: OrderedDict[str, threading.Lock] = OrderedDict()
         self._appended = threading.Condition()
         self._append_count = 0
+        self._levels_cache: dict[str, tuple[float, set[int]]] = {}
 
     # -- names
 
@@ -311,6 +314,27 @@ class RecorderService:
         if self.registry is not None and not self.registry.ion_exists(ion):
             raise errors.NotFound(f"ION {parent} does not exist", field=field)
         return ion
+
+    def _levels(self, ion: str) -> set[int]:
+        """Span levels in use by an ION. Cached for LEVELS_TTL_S; this process's own writes
+        update the cache at once, so only another recorder's late batch can be seen up to
+        that much later."""
+        now = time.monotonic()
+        cached = self._levels_cache.get(ion)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        levels = self.store.levels_used(ion)
+        self._levels_cache[ion] = (now + LEVELS_TTL_S, levels)
+        return levels
+
+    def _mark_levels(self, ion: str, docs: list[dict[str, Any]]) -> None:
+        levels = {int(d["level"]) for d in docs if int(d["level"]) > 0}
+        if not levels:
+            return
+        self.store.mark_levels(ion, levels)
+        cached = self._levels_cache.get(ion)
+        if cached is not None:
+            self._levels_cache[ion] = (cached[0], cached[1] | levels)
 
     def _producer_lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
@@ -538,6 +562,7 @@ class RecorderService:
                     offset += len(part)
                     pkey = st.producer_key(ion, producer, min(it[2] for it in part))
                     docs.append(self._bucket(ctx, events, part, seqs, pkey, producer, now))
+                self._mark_levels(ion, docs)
                 inserted, clash = self.store.insert_buckets(docs)
                 for part, doc in zip(parts[:inserted], docs, strict=False):
                     for it, seq in zip(
@@ -653,6 +678,7 @@ class RecorderService:
                 seqs = [seq_of[it[3]] for it in keep]
                 docs.append(self._bucket(ctx, events, keep, seqs, bucket_of[part[0][3]], "", now))
                 kept_parts.append(keep)
+        self._mark_levels(ion, docs)
         _inserted, clash = self.store.insert_buckets(docs)
         if clash:  # pragma: no cover - anonymous keys are unique sequences
             raise errors.Aborted("a bucket key clashed; retry", field="events")
@@ -678,56 +704,65 @@ class RecorderService:
         if after is not None:
             lo = max(lo, after[0])
         hi = flt.end_ms
+        levels = self._levels(ion)
         scans = [
             self.store.buckets_by_time(ion, level, lo - span, hi, lo, first_chunk)
             for level, span in enumerate(st.LEVEL_SPANS_MS)
+            if level in levels
         ]
         docs = heapq.merge(*scans, key=itemgetter("min_ms"))
-        pending: list[tuple[TimelineKey, event_pb2.Event]] = []
-        first = itemgetter(0)
         plain = not flt.has_attribute_filters
-        doc = next(docs, None)
-        while doc is not None:
-            following = next(docs, None)
-            m = int(doc["min_ms"])
-            if pending and pending[0][0][0] < m:
-                cut = bisect.bisect_left(pending, m, key=lambda t: t[0][0])
-                yield Segment.of([e for _k, e in pending[:cut]], pending[cut - 1][0])
-                del pending[:cut]
-            if flt.bucket_may_match(doc):
+        # Runs being merged: (key of the next event, run number, position, end, events).
+        heap: list[tuple[TimelineKey, int, int, int, Any]] = []
+        numbers = itertools.count()
+        following = next(docs, None)
+        while True:
+            # Bring in every bucket that starts no later than the smallest pending event.
+            while following is not None and (not heap or int(following["min_ms"]) <= heap[0][0][0]):
+                doc = following
+                following = next(docs, None)
+                if not flt.bucket_may_match(doc):
+                    continue
+                m, top = int(doc["min_ms"]), int(doc["max_ms"])
                 if (
                     plain
-                    and not pending
-                    and (following is None or int(following["min_ms"]) > int(doc["max_ms"]))
+                    and not heap
+                    and (following is None or int(following["min_ms"]) > top)
                     and m >= lo
-                    and (hi is None or int(doc["max_ms"]) < hi)
+                    and (hi is None or top < hi)
                     and (after is None or _key(doc["first_key"]) > after)
                 ):
                     yield Segment(
                         int(doc["count"]), _key(doc["last_key"]), raw=st.raw_events(doc["blob"])
                     )
-                else:
-                    evs = st.decode_events(doc["blob"])
-                    start = bisect.bisect_left(evs, lo, key=_ms_of) if lo > m else 0
-                    if after is not None:
-                        start = max(start, bisect.bisect_right(evs, after, key=timeline_key))
-                    end = len(evs)
-                    if hi is not None and hi <= doc["max_ms"]:
-                        end = bisect.bisect_left(evs, hi, key=_ms_of)
-                    fresh = [
-                        (timeline_key(e), e)
-                        for e in islice(evs, start, end)
-                        if plain or flt.matches(e)
-                    ]
-                    if fresh:
-                        if pending:
-                            pending.extend(fresh)
-                            pending.sort(key=first)
-                        else:
-                            pending = fresh
-            doc = following
-        if pending:
-            yield Segment.of([e for _k, e in pending], pending[-1][0])
+                    continue
+                evs: Any = st.decode_events(doc["blob"])
+                start = bisect.bisect_left(evs, lo, key=_ms_of) if lo > m else 0
+                if after is not None:
+                    start = max(start, bisect.bisect_right(evs, after, key=timeline_key))
+                end = len(evs)
+                if hi is not None and hi <= top:
+                    end = bisect.bisect_left(evs, hi, key=_ms_of)
+                if not plain:
+                    evs = [e for e in islice(evs, start, end) if flt.matches(e)]
+                    start, end = 0, len(evs)
+                if start < end:
+                    heapq.heappush(heap, (timeline_key(evs[start]), next(numbers), start, end, evs))
+            if not heap:
+                return
+            if len(heap) == 1:
+                _key0, _n, pos, end, evs = heap[0]
+                last = evs[end - 1]
+                if following is None or int(following["min_ms"]) > last.hlc.physical_ms:
+                    # One run and nothing ahead overlaps it: hand the rest over at once.
+                    heap.clear()
+                    yield Segment.of(list(islice(evs, pos, end)), timeline_key(last))
+                    continue
+            key, number, pos, end, evs = heapq.heappop(heap)
+            yield Segment(1, key, events=[evs[pos]])
+            pos += 1
+            if pos < end:
+                heapq.heappush(heap, (timeline_key(evs[pos]), number, pos, end, evs))
 
     def arrival_segments(
         self, ion: str, flt: EventFilter, after_seq: int = 0, first_chunk: int = 4
@@ -800,6 +835,7 @@ class RecorderService:
                 after = _key(k)
             segments = self.timeline_segments(ion, flt, after, chunk)
         parts: list[bytes] = []
+        buffered: list[event_pb2.Event] = []
         n = 0
         last: TimelineKey | None = None
         more = False
@@ -808,18 +844,27 @@ class RecorderService:
                 more = True
                 break
             if seg.raw is not None and n + seg.count <= size:
+                if buffered:
+                    parts.append(st.encode_raw(buffered))
+                    buffered = []
                 parts.append(seg.raw)
                 n += seg.count
                 last = seg.last_key
                 continue
             evs = seg.materialize()
-            take = list(islice(evs, size - n))
-            parts.append(st.encode_raw(take))
-            n += len(take)
-            last = timeline_key(take[-1])
-            if len(evs) > len(take):
-                more = True
-                break
+            room = size - n
+            if len(evs) <= room:
+                buffered.extend(evs)
+                n += len(evs)
+                last = seg.last_key
+                continue
+            buffered.extend(islice(evs, room))
+            n += room
+            last = timeline_key(buffered[-1])
+            more = True
+            break
+        if buffered:
+            parts.append(st.encode_raw(buffered))
         next_token = ""
         if more and last is not None:
             payload: dict[str, Any] = dict(bound)

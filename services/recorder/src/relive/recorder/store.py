@@ -345,6 +345,17 @@ class Store:
         assert doc is not None
         return int(doc["value"]) - n + 1
 
+    def mark_levels(self, ion: str, levels: Iterable[int]) -> None:
+        """Notes that an ION has buckets at these span levels (above 0), before they are
+        written, so readers know which level scans can be skipped."""
+        marks = {f"level{level}": True for level in levels if level > 0}
+        if marks:
+            self.counters.update_one({"key": ion}, {"$set": marks}, upsert=True)
+
+    def levels_used(self, ion: str) -> set[int]:
+        doc = self.counters.find_one({"key": ion}) or {}
+        return {0} | {lv for lv in range(1, len(LEVEL_SPANS_MS)) if doc.get(f"level{lv}")}
+
     def last_sequence(self, ion: str) -> int:
         doc = self.counters.find_one({"key": ion})
         return int(doc["value"]) if doc else 0
