@@ -393,7 +393,7 @@ class ExecutorService:
     ) -> pb.Run:
         policies.topo_order(policies.dependencies(spec.definition))
         number = self.store.next_number(f"run:{ion}")
-        name = f"ions/{ion}/runs/run-{number}"
+        name = f"ions/{ion}/runs/run-{number}-{os.urandom(3).hex()}"
         run = pb.Run(
             name=name,
             state=pb.RUN_STATE_PENDING,
