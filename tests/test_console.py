@@ -337,7 +337,9 @@ def test_6_relaunch_it_and_see_match(env: Env, page: Any) -> None:
         timeout=420_000,
     )
     assert page.is_hidden("#relaunch-error"), page.inner_text("#relaunch-error")
-    assert page.get_attribute("#relaunch", "data-verification") == "MATCH"
+    assert page.get_attribute("#relaunch", "data-verification") == "MATCH", page.inner_text(
+        "#relaunch"
+    )
     rows = page.locator("#relaunch-nodes tbody tr")
     statuses = {
         rows.nth(i).get_attribute("data-node"): rows.nth(i).get_attribute("data-status")

@@ -540,9 +540,9 @@ function renderEvents() {
   tb.replaceChildren();
   const list = S.events || (S.hist ? S.hist.marks : []);
   $("#events-note").textContent = S.events
-    ? `${S.events.length.toLocaleString()} events in the window, in timeline order.`
+    ? `${S.events.length.toLocaleString()} events in the window, in timeline order${S.live ? ", newest first (live)" : ""}.`
     : `${S.hist.total.toLocaleString()} events in the window: showing the ${S.hist.marks.length} errors and human actions. Zoom in (drag, wheel, or click a bar) to list every event.`;
-  const rows = list.slice(0, 1500);
+  const rows = S.live ? list.slice(-1500).reverse() : list.slice(0, 1500);
   for (const e of rows) tb.append(eventRow(e));
 }
 
@@ -676,6 +676,7 @@ async function exportCapture(ev) {
     await api(`${a.getAttribute("href")}&probe=1`);
     a.dataset.checked = "1";
     a.click();
+    $("#toast").hidden = true;  // the browser shows the download itself
   } catch (e) {
     toast(`export failed: ${e.message}`, true);
   }
