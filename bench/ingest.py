@@ -122,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     n_relive = 200_000 if args.quick else 1_000_000
-    n_raw = 30_000 if args.quick else 100_000
+    n_raw = 30_000 if args.quick else 60_000
     n_mlflow = 20_000 if args.quick else 100_000
     with Stack() as stack:
         relive = bench_relive(stack, n_relive)
