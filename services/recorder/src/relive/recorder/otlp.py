@@ -53,13 +53,16 @@ def _timestamp(unix_nano: int) -> timestamp_pb2.Timestamp:
 
 
 def _hlc(attrs: dict[str, Any], start_nano: int) -> event_pb2.Hlc:
-    """The HLC the relive SDK stamped on the span, else the span's start in milliseconds."""
+    """The HLC the relive SDK stamped on the span, else the span's start time: milliseconds,
+    with the nanoseconds within the millisecond as the logical part, so that spans from one
+    clock keep their start order even within a millisecond."""
     raw = attrs.get(HLC_ATTRIBUTE)
     if isinstance(raw, str):
         physical, _, logical = raw.partition(".")
         if physical.isdigit() and (logical.isdigit() or not logical):
             return event_pb2.Hlc(physical_ms=int(physical), logical=int(logical or 0))
-    return event_pb2.Hlc(physical_ms=start_nano // 1_000_000, logical=0)
+    physical_ms, within = divmod(start_nano, 1_000_000)
+    return event_pb2.Hlc(physical_ms=physical_ms, logical=within)
 
 
 def span_events(

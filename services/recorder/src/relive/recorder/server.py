@@ -7,10 +7,12 @@ import threading
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from relive.core.config import Config
 from relive.core.serving import Server, build_server, run_service
 from relive.recorder.export import Exporter
+from relive.recorder.otlp import TraceServicer
 from relive.recorder.registry_link import RegistryLink
 from relive.recorder.service import RecorderService
 from relive.recorder.servicer import RecorderServicer
@@ -20,6 +22,7 @@ from relive.recorder.v1 import recorder_pb2, recorder_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = recorder_pb2.DESCRIPTOR.services_by_name["RecorderService"].full_name
+OTLP_SERVICE_NAME = trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"].full_name
 
 
 class RetentionSweeper:
@@ -95,8 +98,12 @@ def create_server(config: Config) -> tuple[Server, int]:
             servicer,
             _RawListEvents(server),  # type: ignore[arg-type]
         )
+        # OTLP/gRPC: any OpenTelemetry SDK exports spans here, into the timeline.
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
+            TraceServicer(service, config.max_batch_events), server
+        )
 
-    server = build_server(config, register, [SERVICE_NAME])
+    server = build_server(config, register, [SERVICE_NAME, OTLP_SERVICE_NAME])
     sweeper = RetentionSweeper(service, config.retention_interval_s)
     sweeper.start()
     server.add_stop_hook(store.close)
