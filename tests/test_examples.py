@@ -43,3 +43,33 @@ def test_example_relaunched_from_capture_matches(stack: Stack, pattern: str) -> 
     assert verification.status == pb.VERIFICATION_STATUS_MATCH
     assert {n.node for n in verification.nodes} == set(original.spec.definition.nodes)
     assert sum(n.compared for n in verification.nodes) > 0
+    if pattern == "retrain":
+        _check_streaming(stack, ion, original, relaunch)
+
+
+def _check_streaming(stack: Stack, ion: str, original: pb.Run, relaunch: pb.Run) -> None:
+    """Retraining swapped models into the running inference; the relaunch swapped the same
+    models (by sha256) at the same batch positions, read from the recording."""
+
+    def swaps(run: pb.Run) -> list[tuple[int, str]]:
+        return [
+            (e.model.batch, e.model.sha256)
+            for e in stack.recorder.list_events(ion, runs=[run.name], types=["model.swapped"])
+        ]
+
+    def scored_by(run: pb.Run) -> dict[int, str]:
+        return {
+            int(e.custom.data["batch"]): e.custom.data["model_version"]
+            for e in stack.recorder.list_events(ion, runs=[run.name], types=["stream.batch"])
+            if e.node == "infer"
+        }
+
+    assert swaps(original) and swaps(original) == swaps(relaunch)
+    versions = scored_by(original)
+    assert len(versions) == 12 and len(set(versions.values())) == 1 + len(swaps(original))
+    canary = [
+        e
+        for e in stack.recorder.list_events(ion, runs=[original.name], types=["stat"])
+        if e.node == "canary" and e.stat.name == "canary.disagreement"
+    ]
+    assert len(canary) == 1 and 0.0 <= canary[0].stat.value <= 1.0

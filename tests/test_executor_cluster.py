@@ -71,7 +71,7 @@ def ray_cluster(tmp_path: Path) -> Iterator[str]:
     finally:
         try:
             os.killpg(head.pid, signal.SIGTERM)
-            head.wait(30)
+            head.wait(10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(head.pid, signal.SIGKILL)
