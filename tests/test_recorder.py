@@ -565,3 +565,26 @@ def test_export_can_include_model_bytes(
     assert blob == b"model-bytes" * 100
     assert meta["sha256"] == version.sha256
     assert capture["model_versions"] == [version.name]
+
+
+def test_the_periodic_sweep_runs_by_itself(
+    config: Config, registry_server: Server, registry_channel: grpc.Channel
+) -> None:
+    from relive.recorder.server import create_server
+
+    ion = create_ion(registry_channel, "swept")
+    server, _ = create_server(
+        config.with_(registry_endpoint=target(registry_server), retention_interval_s=0.2)
+    )
+    server.start()
+    try:
+        client = RecorderClient(target(server))
+        now = int(time.time() * 1000)
+        client.append(ion, [event(now - 30 * 86_400_000, producer="old"), event(now)])
+        deadline = time.monotonic() + 15
+        while len(list(client.list_events(ion))) != 1:
+            assert time.monotonic() < deadline, "the periodic sweep did not run"
+            time.sleep(0.1)
+        assert client.get_retention_policy(ion).HasField("last_sweep_time")
+    finally:
+        server.stop(0.5)

@@ -230,3 +230,31 @@ def _events_jsonl(path: Path) -> list[dict[str, object]]:
             d.pop(k, None)
         out.append(d)
     return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(-50, 50),  # the wall clock may go backwards
+            st.one_of(st.none(), st.tuples(st.integers(0, 2000), st.integers(0, 5))),
+        ),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_hlc_stamps_increase_and_follow_what_they_saw(steps) -> None:
+    wall = [1000]
+    clock = HybridLogicalClock(physical=lambda: wall[0])
+    last = Stamp(0, 0)
+    for delta, remote in steps:
+        wall[0] = max(0, wall[0] + delta)
+        if remote is None:
+            stamp = clock.now()
+        else:
+            stamp = clock.update(Stamp(*remote))
+            assert stamp > Stamp(*remote)
+        assert stamp > last
+        assert stamp.physical_ms >= wall[0]
+        last = stamp
+    assert Stamp.decode(last.encode()) == last

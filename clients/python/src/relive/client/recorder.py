@@ -747,7 +747,11 @@ class EventSink:
         with self._cond:
             while self.stats.acknowledged < self.stats.queued:
                 if not self._thread.is_alive():
-                    break
+                    raise FlushTimeout(
+                        f"{self.stats.queued - self.stats.acknowledged} events were never "
+                        "acknowledged: the sender stopped",
+                        field="sink",
+                    )
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise FlushTimeout(
