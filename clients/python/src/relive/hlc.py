@@ -44,21 +44,25 @@ class HybridLogicalClock:
     def __init__(self, physical: Callable[[], int] = wall_ms) -> None:
         self._physical = physical
         self._lock = threading.Lock()
-        self._last = Stamp(0, 0)
+        self._last: tuple[int, int] = (0, 0)
 
     def now(self) -> Stamp:
         """A stamp greater than every stamp this clock gave or saw before."""
+        return Stamp(*self.now_pair())
+
+    def now_pair(self) -> tuple[int, int]:
+        """``now()`` as a plain tuple, for hot paths."""
         with self._lock:
             pt = self._physical()
-            last = self._last
-            if pt > last.physical_ms:
-                stamp = Stamp(pt, 0)
-            elif last.logical < _MAX_LOGICAL:
-                stamp = Stamp(last.physical_ms, last.logical + 1)
+            ms, logical = self._last
+            if pt > ms:
+                ms, logical = pt, 0
+            elif logical < _MAX_LOGICAL:
+                logical += 1
             else:
-                stamp = Stamp(last.physical_ms + 1, 0)
-            self._last = stamp
-            return stamp
+                ms, logical = ms + 1, 0
+            self._last = (ms, logical)
+            return ms, logical
 
     def update(self, remote: Stamp | tuple[int, int] | str) -> Stamp:
         """Merges a stamp received from elsewhere; returns the stamp of the receive event."""
@@ -67,7 +71,7 @@ class HybridLogicalClock:
         r = Stamp(int(remote[0]), int(remote[1]))
         with self._lock:
             pt = self._physical()
-            last = self._last
+            last = Stamp(*self._last)
             top = max(pt, last.physical_ms, r.physical_ms)
             if top == last.physical_ms and top == r.physical_ms:
                 logical = max(last.logical, r.logical) + 1
@@ -79,14 +83,13 @@ class HybridLogicalClock:
                 logical = 0
             if logical > _MAX_LOGICAL:
                 top, logical = top + 1, 0
-            stamp = Stamp(top, logical)
-            self._last = stamp
-            return stamp
+            self._last = (top, logical)
+            return Stamp(top, logical)
 
     def peek(self) -> Stamp:
         """The last stamp given or seen, without advancing."""
         with self._lock:
-            return self._last
+            return Stamp(*self._last)
 
 
 _process_clock: HybridLogicalClock | None = None

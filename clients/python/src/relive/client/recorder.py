@@ -480,6 +480,8 @@ class EventSink:
         self._cond = threading.Condition(threading.Lock())
         self._ready: collections.deque[recorder_pb2.StreamEventsRequest] = collections.deque()
         self._current: recorder_pb2.StreamEventsRequest | None = None
+        self._current_events: Any = None
+        self._current_count = 0
         self._current_since = 0.0
         self._pending = 0
         self._next_pseq = 1
@@ -517,13 +519,16 @@ class EventSink:
                 self._cond.wait(left)
                 if self._closed or self._closing:
                     raise ReliveError("the sink is closed", field="sink")
-        current = self._current
-        if current is None:
+        events = self._current_events
+        if events is None:
             current = self._current = recorder_pb2.StreamEventsRequest()
             current.batch.parent = self.parent
+            events = self._current_events = current.batch.events
+            self._current_count = 0
             self._current_since = time.monotonic()
-        e: Event = current.batch.events.add()
-        ms, logical = self.clock.now()
+        e: Event = events.add()
+        self._current_count += 1
+        ms, logical = self.clock.now_pair()
         h = e.hlc
         h.physical_ms = ms
         h.logical = logical
@@ -545,11 +550,11 @@ class EventSink:
             e.component = component or self.component
         self._pending += 1
         self.stats.queued += 1
-        current = self._current
-        assert current is not None
-        if len(current.batch.events) >= self._batch_size:
-            self._ready.append(current)
+        if self._current_count >= self._batch_size:
+            assert self._current is not None
+            self._ready.append(self._current)
             self._current = None
+            self._current_events = None
             self._cond.notify_all()
         elif self._pending == 1:
             self._cond.notify_all()
@@ -814,6 +819,7 @@ class EventSink:
                 ):
                     batch = self._current
                     self._current = None
+                    self._current_events = None
                 else:
                     if not wait or self._closed:
                         return None
