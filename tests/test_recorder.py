@@ -588,3 +588,21 @@ def test_the_periodic_sweep_runs_by_itself(
         assert client.get_retention_policy(ion).HasField("last_sweep_time")
     finally:
         server.stop(0.5)
+
+
+def test_sink_reports_a_batch_refused_whole(recorder_server: Server) -> None:
+    with EventSink(target(recorder_server), "no-such-ion") as sink:
+        sink.log_stat("x", 1.0)
+    assert sink.stats.stored == 0 and sink.stats.failed == 1
+    assert "does not exist" in sink.failures[0].reason
+
+
+def test_import_checks_the_capture_name_first(
+    client: RecorderClient, ion: str, tmp_path: Path
+) -> None:
+    client.append(ion, [event(T0)])
+    client.create_capture(ion, "c", T0, T0 + 10)
+    path = client.export_capture(f"ions/{ion}/captures/c", tmp_path / "c.tar.gz")
+    with pytest.raises(errors.InvalidArgument) as e:
+        client.import_capture(path, capture_id="Bad Name")
+    assert e.value.field == "header.capture_id"

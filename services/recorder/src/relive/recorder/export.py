@@ -27,6 +27,7 @@ from google.protobuf import json_format
 
 from relive.core import errors
 from relive.core.config import Config
+from relive.core.names import check_id
 from relive.recorder.registry_link import Registry
 from relive.recorder.service import Capture, RecorderService, ms_to_datetime
 from relive.recorder.v1 import event_pb2
@@ -399,7 +400,7 @@ class Exporter:
             meta = json.loads((root / "capture.json").read_text())
             ion = str(meta["ion"]).removeprefix("ions/")
             parent = f"ions/{ion}"
-            target = capture_id or str(meta["capture_id"])
+            target = check_id(capture_id or str(meta["capture_id"]), "header.capture_id")
             if self.service.store.get_capture(f"{ion}:{target}") is not None:
                 raise errors.AlreadyExists(
                     f"ION {parent} already has a capture named {target!r}", field="capture_id"
