@@ -18,6 +18,7 @@ import grpc
 
 from relive.core.config import Config
 from relive.core.embedded import EmbeddedStore
+from relive.core.serving import Server
 from relive.registry.v1 import registry_pb2, registry_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ class Stack:
         self.tmp = Path(tempfile.mkdtemp(prefix="relive-bench-"))
         self.store = EmbeddedStore(self.tmp / "data")
         self.recorder: subprocess.Popen[bytes] | None = None
-        self.registry = None
+        self.registry: Server | None = None
         self.recorder_target = ""
         self.config: Config | None = None
 

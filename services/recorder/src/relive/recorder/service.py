@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from operator import itemgetter
@@ -1085,9 +1085,6 @@ class RecorderService:
     def capture_filter(self, cap: Capture, flt: EventFilter | None = None) -> EventFilter:
         return (flt or EventFilter()).narrowed(cap.start_ms, cap.end_ms)
 
-    def count_events(self, ion: str, flt: EventFilter) -> int:
-        return sum(1 for _ in self.iter_timeline(ion, flt, first_chunk=16))
-
     # -- replay
 
     def replay(
@@ -1228,9 +1225,3 @@ class RecorderService:
                     log.info("retention: ions/%s lost %d events", ion, result.events_deleted)
             except Exception:
                 log.exception("retention sweep of ions/%s failed", ion)
-
-
-def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    it = iter(items)
-    while batch := list(islice(it, size)):
-        yield batch

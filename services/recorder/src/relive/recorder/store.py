@@ -475,14 +475,6 @@ class Store:
         update["last_seq"] = int(doc["last_seq"])
         self.buckets.update_one({"seq_key": doc["seq_key"]}, {"$set": update})
 
-    def count_events(self, ion: str) -> int:
-        total = 0
-        for doc in self.buckets.find(
-            {"seq_key": {"$gte": f"{ion}:", "$lt": f"{ion}:~"}}, {"count": 1}
-        ):
-            total += int(doc.get("count", 0))
-        return total
-
     # -- explicit event ids
 
     def claim_event_ids(self, claims: list[dict[str, Any]]) -> set[int]:
