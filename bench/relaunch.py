@@ -125,6 +125,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller run, under 60 s")
     parser.add_argument("--pipelines", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=0)
+    parser.add_argument("--dataset", default="digits", help="scikit-learn data set")
+    parser.add_argument("--trees", type=int, default=50, help="trees per random forest")
     parser.add_argument("--debug", action="store_true", help="print the relaunch's timeline")
     args = parser.parse_args()
     pipelines = args.pipelines or (4 if args.quick else 10)
@@ -163,8 +165,13 @@ def main() -> None:
 
         overhead_ms = ray_task_overhead_ms(ray, 50 if args.quick else 200)
         ion_file = tmp / "bench.yaml"
-        ion_file.write_text(random_ion_yaml(seed, "bench", pipelines))
-        definition = random_ion(seed, "bench", pipelines)
+        workload = {
+            "dataset": args.dataset,
+            "models": ("forest", "logreg"),
+            "trees": 10 if args.quick else args.trees,
+        }
+        ion_file.write_text(random_ion_yaml(seed, "bench", pipelines, **workload))
+        definition = random_ion(seed, "bench", pipelines, **workload)
         n_components = sum(
             len(n["pipeline"]["components"])
             for n in definition["nodes"].values()
@@ -212,6 +219,7 @@ def main() -> None:
             json.dumps(
                 {
                     "pipelines": pipelines,
+                    "workload": {**workload, "models": list(workload["models"])},
                     "components": n_components,
                     "component_runs": executed,
                     "relaunch_s": round(relaunch_s, 3),

@@ -353,3 +353,43 @@ def test_runs_left_running_by_a_dead_executor_are_failed_on_start(stack: Stack) 
     finally:
         for s in servers:
             s.stop(0.5)
+
+
+def test_wall_clock_retraining_is_replayed_by_batch_position(stack: Stack, tmp_path: Path) -> None:
+    path = tmp_path / "clock.yaml"
+    path.write_text(
+        textwrap.dedent(f"""
+        name: clock
+        nodes:
+          train:
+            pipeline:
+              components:
+                load: {{call: {STEPS}:load, params: {{dataset: iris}}}}
+                fit: {{call: {STEPS}:fit, after: [load], params: {{model: tree, max_depth: 3}}}}
+              outputs: {{model: fit}}
+            schedule: {{every_seconds: 0.4}}
+          infer:
+            pipeline:
+              components:
+                score: {{call: {STEPS}:score, params: {{dataset: iris, interval_s: 0.15}}}}
+            streaming: {{batches: 10, batch_size: 8, score: score}}
+        edges:
+          - {{from: train, to: infer, carries: model}}
+    """)
+    )
+    ion = stack.register(path)
+    original = stack.run_to_end(ion, seed=21)
+    assert original.state == pb.RUN_STATE_SUCCEEDED, original.error_message
+    relaunch = stack.executor.wait(stack.executor.relaunch(run=original.name).name)
+
+    def timeline(run: pb.Run) -> list[tuple[str, int, str]]:
+        return [
+            (e.type, e.model.batch, e.model.sha256)
+            for e in stack.recorder.list_events(ion, runs=[run.name], types=["model.swapped"])
+        ]
+
+    assert timeline(original), "the clock never triggered a retraining"
+    assert timeline(relaunch) == timeline(original)
+    assert stack.executor.verify(original.name, relaunch.name).status == (
+        pb.VERIFICATION_STATUS_MATCH
+    )

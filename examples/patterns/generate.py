@@ -13,14 +13,16 @@ STEPS = "examples.patterns.steps"
 DATASET = "iris"
 
 
-def _train(model: str) -> dict[str, Any]:
+def _train(model: str, dataset: str, trees: int) -> dict[str, Any]:
     params: dict[str, Any] = {"model": model}
     if model == "tree":
         params["max_depth"] = 3
+    if model == "forest":
+        params["n_estimators"] = trees
     return {
         "pipeline": {
             "components": {
-                "load": {"call": f"{STEPS}:load", "params": {"dataset": DATASET}},
+                "load": {"call": f"{STEPS}:load", "params": {"dataset": dataset}},
                 "fit": {"call": f"{STEPS}:fit", "after": ["load"], "params": params},
                 "evaluate": {"call": f"{STEPS}:evaluate", "after": ["fit"]},
             },
@@ -29,11 +31,11 @@ def _train(model: str) -> dict[str, Any]:
     }
 
 
-def _refit() -> dict[str, Any]:
+def _refit(dataset: str) -> dict[str, Any]:
     return {
         "pipeline": {
             "components": {
-                "load": {"call": f"{STEPS}:load", "params": {"dataset": DATASET, "test_size": 0.4}},
+                "load": {"call": f"{STEPS}:load", "params": {"dataset": dataset, "test_size": 0.4}},
                 "refit": {"call": f"{STEPS}:refit", "after": ["load"]},
                 "evaluate": {"call": f"{STEPS}:evaluate_refit", "after": ["refit"]},
             },
@@ -42,10 +44,10 @@ def _refit() -> dict[str, Any]:
     }
 
 
-def _score(streaming: bool) -> dict[str, Any]:
+def _score(streaming: bool, dataset: str) -> dict[str, Any]:
     node: dict[str, Any] = {
         "pipeline": {
-            "components": {"score": {"call": f"{STEPS}:score", "params": {"dataset": DATASET}}}
+            "components": {"score": {"call": f"{STEPS}:score", "params": {"dataset": dataset}}}
         }
     }
     if streaming:
@@ -53,8 +55,17 @@ def _score(streaming: bool) -> dict[str, Any]:
     return node
 
 
-def random_ion(seed: int, name: str, pipelines: int | None = None) -> dict[str, Any]:
-    """An ION with ``pipelines`` pipeline nodes (2..10 when not given), all connected."""
+def random_ion(
+    seed: int,
+    name: str,
+    pipelines: int | None = None,
+    *,
+    dataset: str = DATASET,
+    models: tuple[str, ...] = ("logreg", "tree"),
+    trees: int = 10,
+) -> dict[str, Any]:
+    """An ION with ``pipelines`` pipeline nodes (2..10 when not given), all connected.
+    ``models`` are the kinds training pipelines pick from; ``trees`` sizes the forests."""
     rng = random.Random(seed)
     n = pipelines or rng.randint(2, 10)
     nodes: dict[str, Any] = {}
@@ -70,12 +81,12 @@ def random_ion(seed: int, name: str, pipelines: int | None = None) -> dict[str, 
         nodes[nid] = node
         return nid
 
-    first = add_pipeline(_train(rng.choice(["logreg", "tree"])))
+    first = add_pipeline(_train(rng.choice(models), dataset, trees))
     producers.append(first)
     while count < n:
         roll = rng.random()
         if roll < 0.2 and count + 1 < n:
-            second = add_pipeline(_train(rng.choice(["logreg", "tree"])))
+            second = add_pipeline(_train(rng.choice(models), dataset, trees))
             producers.append(second)
             a, b = rng.sample(producers, 2)
             kind = rng.choice(["ensemble", "ab_split"])
@@ -111,13 +122,13 @@ def random_ion(seed: int, name: str, pipelines: int | None = None) -> dict[str, 
             source = pid
         roll = rng.random()
         if roll < 0.4 and source not in combined:
-            nid = add_pipeline(_refit())
+            nid = add_pipeline(_refit(dataset))
             edges.append({"from": source, "to": nid, "carries": "model"})
             producers.append(nid)
         elif roll < 0.6 and count + 2 <= n and len(producers) >= 2:
-            primary = add_pipeline(_score(True))
+            primary = add_pipeline(_score(True, dataset))
             control_source = rng.choice([p for p in producers if p != source])
-            control = add_pipeline(_score(True))
+            control = add_pipeline(_score(True, dataset))
             canary = f"canary{count}"
             nodes[canary] = {
                 "policy": "canary",
@@ -129,10 +140,10 @@ def random_ion(seed: int, name: str, pipelines: int | None = None) -> dict[str, 
                 {"from": source, "to": canary, "carries": "model"},
             ]
         else:
-            nid = add_pipeline(_score(rng.random() < 0.5))
+            nid = add_pipeline(_score(rng.random() < 0.5, dataset))
             edges.append({"from": source, "to": nid, "carries": "model"})
     return {"name": name, "nodes": nodes, "edges": edges}
 
 
-def random_ion_yaml(seed: int, name: str, pipelines: int | None = None) -> str:
-    return yaml.safe_dump(random_ion(seed, name, pipelines), sort_keys=False)
+def random_ion_yaml(seed: int, name: str, pipelines: int | None = None, **kwargs: Any) -> str:
+    return yaml.safe_dump(random_ion(seed, name, pipelines, **kwargs), sort_keys=False)

@@ -590,8 +590,13 @@ class RunExecution:
             self._get(refs[c])
         interval = float(params_of(self.spec, name, score_id).get("interval_s", 0) or 0)
         chain, trigger = self._retrain_plan(name)
-        swaps = dict((b, r) for r, b in self.replay.swaps.get(name, []))
-        replay_retrains = dict((b, r) for r, b in self.replay.retrains.get(name, []))
+        # batch position -> rounds, in recorded order (several can land on one batch)
+        swaps: dict[int, list[int]] = {}
+        for r, b in self.replay.swaps.get(name, []):
+            swaps.setdefault(b, []).append(r)
+        replay_retrains: dict[int, list[int]] = {}
+        for r, b in self.replay.retrains.get(name, []):
+            replay_retrains.setdefault(b, []).append(r)
         replaying = self.replay.relaunch
         rounds: dict[int, Future[dict[str, NodeResult]]] = {}
         round_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-retrain")
@@ -606,16 +611,13 @@ class RunExecution:
                 self._check()
                 # Retraining starts: at recorded positions on a relaunch, by schedule otherwise.
                 if chain:
-                    start_round = (
-                        replay_retrains.get(b)
-                        if replaying
-                        else (
-                            next_round
-                            if trigger(b, time.monotonic() - started, next_round)
-                            else None
-                        )
-                    )
-                    if start_round is not None:
+                    if replaying:
+                        starting = replay_retrains.get(b, [])
+                    elif trigger(b, time.monotonic() - started, next_round):
+                        starting = [next_round]
+                    else:
+                        starting = []
+                    for start_round in starting:
                         self._emit(
                             self.factory.custom(
                                 "stream.retrain",
@@ -631,8 +633,7 @@ class RunExecution:
                 # Swaps: at recorded positions on a relaunch, when a model is ready otherwise.
                 ready: list[int] = []
                 if replaying:
-                    if b in swaps:
-                        ready = [swaps[b]]
+                    ready = swaps.get(b, [])
                 else:
                     ready = sorted(r for r, f in rounds.items() if f.done())
                 for r in ready:

@@ -43,7 +43,7 @@ RESTART_REASON = (
 def environment(ray_version: str) -> pb.Environment:
     packages = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata.get("Name", "")
+        name = dist.name
         if name:
             packages[name.lower()] = dist.version
     return pb.Environment(
