@@ -63,6 +63,11 @@ _RETRY_STREAM = frozenset(
 # ---- conversions ---------------------------------------------------------------------------
 
 
+# Codes that may come from the batch itself rather than the connection: retried a few times.
+_SUSPECT = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+MAX_SUSPECT_RETRIES = 5
+
+
 def to_timestamp(value: TimeLike) -> timestamp_pb2.Timestamp | None:
     """A Timestamp from a datetime, a Timestamp, or epoch milliseconds (int) / seconds (float)."""
     if value is None:
@@ -843,6 +848,7 @@ class EventSink:
         inflight: collections.deque[recorder_pb2.StreamEventsRequest] = collections.deque()
         next_id = 1
         backoff = 0.05
+        suspect_failures = 0
         while True:
             if self._closed and (inflight or self._pending):
                 log.error("recorder sink %s closed with events unsent", self.producer_id)
@@ -882,9 +888,17 @@ class EventSink:
                         )
                     self._acked(request, ack.result)
                     backoff = 0.05
+                    suspect_failures = 0
             except grpc.RpcError as e:
                 requests.put(_SENTINEL)
                 code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+                if code in _SUSPECT:
+                    # A server error may be this batch's fault: give up on it after a few tries.
+                    suspect_failures += 1
+                    if suspect_failures > MAX_SUSPECT_RETRIES and inflight:
+                        self._failed(inflight.popleft(), from_rpc_error(e))
+                        suspect_failures = 0
+                        continue
                 if code in _RETRY_STREAM and not self._closed:
                     with self._cond:
                         self.stats.reconnects += 1
