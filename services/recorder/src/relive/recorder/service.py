@@ -706,7 +706,9 @@ class RecorderService:
         hi = flt.end_ms
         levels = self._levels(ion)
         scans = [
-            self.store.buckets_by_time(ion, level, lo - span, hi, lo, first_chunk)
+            self.store.buckets_by_time(
+                ion, level, lo - span, hi, lo, first_chunk, flt.has_attribute_filters
+            )
             for level, span in enumerate(st.LEVEL_SPANS_MS)
             if level in levels
         ]
@@ -736,7 +738,7 @@ class RecorderService:
                         int(doc["count"]), _key(doc["last_key"]), raw=st.raw_events(doc["blob"])
                     )
                     continue
-                evs: Any = st.decode_events(doc["blob"])
+                evs: Any = st.decode_events(self.store.blob_of(doc))
                 start = bisect.bisect_left(evs, lo, key=_ms_of) if lo > m else 0
                 if after is not None:
                     start = max(start, bisect.bisect_right(evs, after, key=timeline_key))
@@ -770,7 +772,7 @@ class RecorderService:
         lo, hi = flt.start_ms, flt.end_ms
         windowed = lo is not None or hi is not None
         plain = not flt.has_attribute_filters
-        for doc in self.store.buckets_by_seq(ion, after_seq, first_chunk):
+        for doc in self.store.buckets_by_seq(ion, after_seq, first_chunk, not plain):
             if not flt.bucket_may_match(doc):
                 continue
             if (
@@ -783,7 +785,7 @@ class RecorderService:
                     int(doc["count"]), _key(doc["last_key"]), raw=st.raw_events(doc["blob"])
                 )
                 continue
-            evs = st.decode_events(doc["blob"])
+            evs = st.decode_events(self.store.blob_of(doc))
             start = 0
             if int(doc["first_seq"]) <= after_seq:
                 start = bisect.bisect_right(evs, after_seq, key=_seq_of)

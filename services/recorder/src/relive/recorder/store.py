@@ -413,14 +413,19 @@ class Store:
         extra: dict[str, Any] | None = None,
         first_chunk: int = 4,
         max_chunk: int = 64,
+        summaries_only: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Docs with ``lo <= field < hi`` in key order, fetched in growing chunks with limits,
-        so a short read never makes the store materialise a long range."""
+        so a short read never makes the store materialise a long range. ``summaries_only``
+        leaves the blobs behind (see ``blob_of``), for reads that prune most buckets."""
         chunk = first_chunk
         cond: dict[str, Any] = {"$gte": lo, "$lt": hi}
+        projection = {"blob": 0} if summaries_only else None
         while True:
             query = {field_name: cond, **(extra or {})}
-            docs = list(self.buckets.find(query).sort(field_name, ASCENDING).limit(chunk))
+            docs = list(
+                self.buckets.find(query, projection).sort(field_name, ASCENDING).limit(chunk)
+            )
             yield from docs
             if len(docs) < chunk:
                 return
@@ -435,22 +440,40 @@ class Store:
         to_ms: int | None,
         min_max_ms: int,
         first_chunk: int = 4,
+        summaries_only: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Buckets of one level whose min time is in [from_ms, to_ms) and whose max time is
         >= min_max_ms, by min time."""
         hi = time_prefix(ion, level, to_ms) if to_ms is not None else f"{ion}:{level}:~"
         extra = {"max_ms": {"$gte": min_max_ms}} if min_max_ms > 0 else None
         return self._scan(
-            "time_key", time_prefix(ion, level, from_ms), hi, extra, first_chunk=first_chunk
+            "time_key",
+            time_prefix(ion, level, from_ms),
+            hi,
+            extra,
+            first_chunk=first_chunk,
+            summaries_only=summaries_only,
         )
 
     def buckets_by_seq(
-        self, ion: str, after_seq: int, first_chunk: int = 4
+        self, ion: str, after_seq: int, first_chunk: int = 4, summaries_only: bool = False
     ) -> Iterator[dict[str, Any]]:
         """Buckets holding a sequence > ``after_seq``, in sequence order."""
         return self._scan(
-            "seq_key", seq_key(ion, after_seq + 1), f"{ion}:~", first_chunk=first_chunk
+            "seq_key",
+            seq_key(ion, after_seq + 1),
+            f"{ion}:~",
+            first_chunk=first_chunk,
+            summaries_only=summaries_only,
         )
+
+    def blob_of(self, doc: dict[str, Any]) -> bytes:
+        """A bucket's blob, fetched by its key when the scan left it behind."""
+        blob = doc.get("blob")
+        if blob is None:
+            found = self.buckets.find_one({"seq_key": doc["seq_key"]}, {"blob": 1})
+            blob = found["blob"] if found else zlib.compress(b"", 1)
+        return bytes(blob)
 
     def buckets_older_than(self, ion: str, level: int, cutoff_ms: int) -> Iterator[dict[str, Any]]:
         """Buckets of one level whose min time is before ``cutoff_ms``."""
