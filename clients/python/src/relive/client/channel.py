@@ -92,18 +92,28 @@ def connect_channel(
     env = os.environ if environ is None else environ
     token = token if token is not None else env.get("RELIVE_TOKEN") or None
     ca_path = tls_ca or (Path(env["RELIVE_TLS_CA"]) if env.get("RELIVE_TLS_CA") else None)
+    interceptors: list[Any] = []
     if ca_path is not None:
         creds = grpc.ssl_channel_credentials(root_certificates=ca_path.read_bytes())
         if token:
             creds = grpc.composite_channel_credentials(
                 creds, grpc.metadata_call_credentials(_BearerAuth(token))
             )
-        return grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS)
-    channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-    if token:
-        metadata = (("authorization", f"Bearer {token}"),)
-        return grpc.intercept_channel(channel, _MetadataInterceptor(metadata))
-    return channel
+        channel = grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS)
+    else:
+        channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        if token:
+            interceptors.append(_MetadataInterceptor((("authorization", f"Bearer {token}"),)))
+    return grpc.intercept_channel(_traced(channel), *interceptors)
+
+
+def _traced(channel: grpc.Channel) -> grpc.Channel:
+    """OpenTelemetry's client interceptor: calls join the caller's trace, and its context
+    (with the HLC in baggage) travels to the server."""
+    from opentelemetry.instrumentation.grpc import client_interceptor, filters, intercept_channel
+
+    interceptor = client_interceptor(filter_=filters.negate(filters.health_check()))
+    return intercept_channel(channel, interceptor)
 
 
 class _MetadataInterceptor(
