@@ -106,3 +106,23 @@ def test_spans_without_an_ion_are_reported_not_dropped_silently(
         response = trace_service_pb2_grpc.TraceServiceStub(channel).Export(request, timeout=10)
     assert response.partial_success.rejected_spans == 1
     assert "relive.ion" in response.partial_success.error_message
+
+
+def test_events_recorded_inside_a_span_carry_it_without_help(
+    registry_channel: grpc.Channel, recorder_server: Server, recorder_channel: grpc.Channel
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from relive.client.recorder import EventSink
+
+    ion = create_ion(registry_channel, "carried")
+    tracer = TracerProvider().get_tracer("test")
+    with EventSink(f"127.0.0.1:{recorder_server.port}", ion) as sink:
+        sink.log_stat("outside", 1.0)
+        with tracer.start_as_current_span("score") as span:
+            sink.log_stat("inside", 2.0)
+            ctx = span.get_span_context()
+    events = {e.stat.name: e for e in RecorderClient(recorder_channel).list_events(ion)}
+    assert events["inside"].trace_id == format(ctx.trace_id, "032x")
+    assert events["inside"].span_id == format(ctx.span_id, "016x")
+    assert events["outside"].trace_id == "" and events["outside"].span_id == ""

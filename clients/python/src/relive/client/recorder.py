@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
+from opentelemetry import trace as otel_trace
 
 from relive import hlc as hlc_mod
 from relive.client.channel import DEFAULT_TIMEOUT_S, call, connect_channel
@@ -553,6 +554,12 @@ class EventSink:
             e.node = node or self.node
         if component or self.component:
             e.component = component or self.component
+        if not e.trace_id:
+            # An event recorded inside a span carries that span, with no help from the caller.
+            ctx = otel_trace.get_current_span().get_span_context()
+            if ctx.is_valid:
+                e.trace_id = format(ctx.trace_id, "032x")
+                e.span_id = format(ctx.span_id, "016x")
         self._pending += 1
         self.stats.queued += 1
         if self._current_count >= self._batch_size:
