@@ -16,6 +16,8 @@ from typing import NamedTuple
 # Logical counters above this mean the physical clock stalled for very long; the proto field
 # is an int32, so the clock borrows a millisecond instead of overflowing.
 _MAX_LOGICAL = 2**31 - 1
+# The OpenTelemetry baggage entry that carries the caller's HLC across every RPC.
+BAGGAGE_KEY = "relive.hlc"
 
 
 class Stamp(NamedTuple):

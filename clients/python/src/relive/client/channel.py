@@ -104,7 +104,7 @@ def connect_channel(
         channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         if token:
             interceptors.append(_MetadataInterceptor((("authorization", f"Bearer {token}"),)))
-    return grpc.intercept_channel(_traced(channel), *interceptors)
+    return grpc.intercept_channel(_traced(channel), _HlcBaggage(), *interceptors)
 
 
 def _traced(channel: grpc.Channel) -> grpc.Channel:
@@ -114,6 +114,49 @@ def _traced(channel: grpc.Channel) -> grpc.Channel:
 
     interceptor = client_interceptor(filter_=filters.negate(filters.health_check()))
     return intercept_channel(channel, interceptor)
+
+
+class _HlcBaggage(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Puts this process's HLC in the call's baggage, so the server's clock moves past it and
+    whatever the server records after the call sorts after what this process did before it."""
+
+    def _call(self, continuation: Any, details: Any, request: Any) -> Any:
+        from opentelemetry import baggage
+        from opentelemetry import context as otel_context
+
+        from relive import hlc
+
+        ctx = baggage.set_baggage(hlc.BAGGAGE_KEY, hlc.now().encode())
+        token = otel_context.attach(ctx)
+        try:
+            return continuation(details, request)
+        finally:
+            otel_context.detach(token)
+
+    def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        return self._call(continuation, client_call_details, request)
+
+    def intercept_unary_stream(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        return self._call(continuation, client_call_details, request)
+
+    def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return self._call(continuation, client_call_details, request_iterator)
+
+    def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return self._call(continuation, client_call_details, request_iterator)
 
 
 class _MetadataInterceptor(

@@ -12,6 +12,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from relive import hlc
 from relive.core import errors, identity
 
 log = logging.getLogger(__name__)
@@ -200,3 +201,33 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return inner
 
         return _wrap_behaviors(handler, unary, stream)
+
+
+class HlcInterceptor(grpc.ServerInterceptor):
+    """Moves this process's HLC past the caller's, read from the W3C baggage header."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "baggage" and isinstance(value, str):
+                remote = _baggage_hlc(value)
+                if remote is not None:
+                    hlc.update(remote)
+        return continuation(handler_call_details)
+
+
+def _baggage_hlc(header: str) -> str | None:
+    """The ``relive.hlc`` member of a W3C baggage header, if it is well formed."""
+    for member in header.split(","):
+        name, _, rest = member.partition("=")
+        if name.strip() == hlc.BAGGAGE_KEY:
+            value = rest.split(";", 1)[0].strip()
+            try:
+                hlc.Stamp.decode(value)
+            except ValueError:
+                return None
+            return value
+    return None

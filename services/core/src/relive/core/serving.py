@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from relive.core import identity
 from relive.core.config import Config
 from relive.core.errors import FailedPrecondition
-from relive.core.interceptors import AuthInterceptor, ErrorInterceptor
+from relive.core.interceptors import AuthInterceptor, ErrorInterceptor, HlcInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,11 @@ def build_server(
     interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> Server:
     """Wires a server; the error interceptor is outermost so it sees every other one's errors."""
-    chain: list[grpc.ServerInterceptor] = [ErrorInterceptor(), tracing_interceptor()]
+    chain: list[grpc.ServerInterceptor] = [
+        ErrorInterceptor(),
+        tracing_interceptor(),
+        HlcInterceptor(),
+    ]
     if config.auth:
         if config.auth_tokens_file is None:
             raise FailedPrecondition(
