@@ -35,6 +35,9 @@ class Config:
     ray_address: str | None = None
     auth: bool = False
     auth_tokens_file: Path | None = None
+    # The token (a ``role: service`` entry of the tokens file) a service sends when it calls
+    # another on its own behalf.
+    service_token: str | None = field(default=None, repr=False)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -71,6 +74,7 @@ class Config:
             values["ray_address"] = v
         values["auth"] = _bool(env.get("RELIVE_AUTH"))
         values["auth_tokens_file"] = _path(env.get("RELIVE_AUTH_TOKENS_FILE"))
+        values["service_token"] = env.get("RELIVE_SERVICE_TOKEN") or None
         values["tls_cert"] = _path(env.get("RELIVE_TLS_CERT"))
         values["tls_key"] = _path(env.get("RELIVE_TLS_KEY"))
         values["tls_client_ca"] = _path(env.get("RELIVE_TLS_CLIENT_CA"))

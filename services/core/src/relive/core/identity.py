@@ -2,6 +2,10 @@
 
 Without RELIVE_AUTH every caller is the local admin of the default project, so one person's
 stack behaves like a single-user tool.
+
+Roles: ``member`` sees its project and changes what it owns; ``admin`` also changes what others
+in its project own; ``service`` is another relive service calling on its own behalf (the
+recorder asking the registry about an ION, say) and sees every project.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from pathlib import Path
 
 import yaml
 
+from relive.core import names
 from relive.core.errors import FailedPrecondition
 
 DEFAULT_PROJECT = "default"
+ROLES = frozenset({"member", "admin", "service"})
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,18 @@ class Identity:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def is_service(self) -> bool:
+        return self.role == "service"
+
+    def sees(self, project: str) -> bool:
+        """Whether resources of ``project`` exist for this caller (else they are NOT_FOUND)."""
+        return self.is_service or project == self.project
+
+    def acting_for(self, project: str) -> Identity:
+        """A service identity that creates in ``project`` (it still sees every project)."""
+        return Identity(user=self.user, project=project, role=self.role)
 
 
 LOCAL = Identity(user="local", project=DEFAULT_PROJECT, role="admin")
@@ -74,9 +92,19 @@ def load_tokens(path: Path) -> dict[str, Identity]:
                 f"auth tokens file {path}: token entries need a user",
                 field="RELIVE_AUTH_TOKENS_FILE",
             )
-        tokens[str(token)] = Identity(
-            user=str(who["user"]),
-            project=str(who.get("project", DEFAULT_PROJECT)),
-            role=str(who.get("role", "member")),
-        )
+        role = str(who.get("role", "member"))
+        if role not in ROLES:
+            raise FailedPrecondition(
+                f"auth tokens file {path}: user {who['user']!r} has role {role!r}; "
+                f"use one of {', '.join(sorted(ROLES))}",
+                field="RELIVE_AUTH_TOKENS_FILE",
+            )
+        project = str(who.get("project", DEFAULT_PROJECT))
+        if not names.ID_PATTERN.match(project):
+            raise FailedPrecondition(
+                f"auth tokens file {path}: project {project!r} of user {who['user']!r} is not "
+                "an id (lowercase letters, digits and '-', starting with a letter)",
+                field="RELIVE_AUTH_TOKENS_FILE",
+            )
+        tokens[str(token)] = Identity(user=str(who["user"]), project=project, role=role)
     return tokens

@@ -13,7 +13,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from relive import hlc
-from relive.core import errors, identity
+from relive.core import errors, identity, names
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,21 @@ def _wrap_behaviors(
 PUBLIC_SERVICE_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
+# A service identity names here the project it creates resources in (the caller's, when it
+# works for one); everyone else's project comes from their token alone.
+PROJECT_METADATA = "relive-project"
+
+
+def _acting_for(who: identity.Identity, metadata: Any) -> identity.Identity:
+    if not who.is_service:
+        return who
+    for key, value in metadata:
+        if key == PROJECT_METADATA and isinstance(value, str) and value:
+            names.check_id(value, PROJECT_METADATA)
+            return who.acting_for(value)
+    return who
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Maps ``authorization: Bearer TOKEN`` to an Identity for the duration of the call."""
 
@@ -166,11 +181,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self._tokens = tokens
 
     def _identify(self, context: grpc.ServicerContext) -> identity.Identity:
-        for key, value in context.invocation_metadata() or ():
+        metadata = context.invocation_metadata() or ()
+        for key, value in metadata:
             if key == "authorization" and isinstance(value, str):
                 scheme, _, token = value.partition(" ")
                 if scheme.lower() == "bearer" and token.strip() in self._tokens:
-                    return self._tokens[token.strip()]
+                    return _acting_for(self._tokens[token.strip()], metadata)
                 raise errors.Unauthenticated("the bearer token is not valid", field="authorization")
         raise errors.Unauthenticated(
             "this server needs a bearer token in the authorization metadata",

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from google.protobuf import json_format
 
-from relive.core import errors
+from relive.core import errors, identity
 from relive.core.config import Config
 from relive.core.names import check_id
 from relive.recorder.registry_link import Registry
@@ -401,6 +401,7 @@ class Exporter:
             ion = str(meta["ion"]).removeprefix("ions/")
             parent = f"ions/{ion}"
             target = check_id(capture_id or str(meta["capture_id"]), "header.capture_id")
+            self._check_ion_is_ours(ion)
             if self.service.store.get_capture(f"{ion}:{target}") is not None:
                 raise errors.AlreadyExists(
                     f"ION {parent} already has a capture named {target!r}", field="capture_id"
@@ -504,6 +505,17 @@ class Exporter:
                 raise errors.InvalidArgument(
                     f"{name} does not match its sha256 in MANIFEST.json", field="chunk"
                 )
+
+    def _check_ion_is_ours(self, ion: str) -> None:
+        """An import creates the ION when it is missing, so another project's ION is taken
+        (ALREADY_EXISTS, as the registry answers a create), never written to."""
+        if self.registry is None:
+            return
+        owner = self.registry.project_of(ion)
+        if owner is not None and not identity.current().sees(owner):
+            raise errors.AlreadyExists(
+                f"the archive's ION ions/{ion} already exists in this deployment", field="ion"
+            )
 
     def _restore_ion(self, ion: str, root: Path) -> None:
         """Recreates the exported revisions in this deployment's registry."""

@@ -1,24 +1,33 @@
-"""What the recorder asks the registry: does an ION exist, its retention, its revisions.
+"""What the recorder asks the registry: does an ION exist, its project, retention, revisions.
 
 The recorder never writes registry data except when an import recreates exported revisions.
+With auth on it calls with the service token (RELIVE_SERVICE_TOKEN), which sees every
+project; the recorder itself decides what its caller may see.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import IO, Any, Protocol
 
 import grpc
 from google.protobuf import json_format
 
-from relive.core import errors
+from relive.core import errors, identity
+from relive.core.interceptors import PROJECT_METADATA
 from relive.registry.v1 import registry_pb2, registry_pb2_grpc
 
 TIMEOUT_S = 10.0
+# How long an ION's project is trusted: ids are unique, but a deleted ION's id may be taken
+# again by another project.
+PROJECT_TTL_S = 30.0
 
 
 class Registry(Protocol):
     def ion_exists(self, ion: str) -> bool: ...
+
+    def project_of(self, ion: str) -> str | None: ...
 
     def retention_days(self, ion: str) -> int | None: ...
 
@@ -31,6 +40,14 @@ class Registry(Protocol):
 
 def _domain_error(e: grpc.RpcError, what: str) -> errors.ReliveError:
     code = e.code() if hasattr(e, "code") else None
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return errors.FailedPrecondition(
+            f"{what}: the registry refused this service's token ({e.details()}); set "
+            "RELIVE_SERVICE_TOKEN to a token with role: service in the tokens file",
+            field="RELIVE_SERVICE_TOKEN",
+        )
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        return errors.AlreadyExists(f"{what}: {e.details()}")
     if code == grpc.StatusCode.NOT_FOUND:
         return errors.NotFound(f"{what}: {e.details()}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -39,14 +56,25 @@ def _domain_error(e: grpc.RpcError, what: str) -> errors.ReliveError:
 
 
 class RegistryLink:
-    """A gRPC client of the registry; positive ION lookups are cached (IONs are rarely
-    deleted, and a stale yes only lets events of a deleted ION in)."""
+    """A gRPC client of the registry; positive ION lookups (the ION's project) are cached
+    for PROJECT_TTL_S (IONs are rarely deleted, and a stale yes only lets events of a deleted
+    ION in)."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, token: str | None = None) -> None:
         self._endpoint = endpoint
+        self._token = token
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
-        self._known: set[str] = set()
+        self._projects: dict[str, tuple[str, float]] = {}
+
+    def _metadata(self, for_project: str | None = None) -> tuple[tuple[str, str | bytes], ...]:
+        """The service token, and the project a create is for (the recorder's caller's)."""
+        out: list[tuple[str, str | bytes]] = []
+        if self._token:
+            out.append(("authorization", f"Bearer {self._token}"))
+        if for_project:
+            out.append((PROJECT_METADATA, for_project))
+        return tuple(out)
 
     def _stub(self) -> registry_pb2_grpc.RegistryServiceStub:
         with self._lock:
@@ -64,7 +92,9 @@ class RegistryLink:
         for attempt in range(3):
             try:
                 return self._stub().GetIon(
-                    registry_pb2.GetIonRequest(name=f"ions/{ion}"), timeout=TIMEOUT_S
+                    registry_pb2.GetIonRequest(name=f"ions/{ion}"),
+                    timeout=TIMEOUT_S,
+                    metadata=self._metadata(),
                 )
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND:
@@ -73,13 +103,23 @@ class RegistryLink:
                     raise _domain_error(e, f"cannot look up ions/{ion}") from e
         return None
 
+    def _remember(self, ion: str, project: str) -> None:
+        self._projects[ion] = (project or identity.DEFAULT_PROJECT, time.monotonic())
+
+    def project_of(self, ion: str) -> str | None:
+        """The ION's project, or None when the registry does not know the ION."""
+        cached = self._projects.get(ion)
+        if cached is not None and time.monotonic() - cached[1] < PROJECT_TTL_S:
+            return cached[0]
+        found = self._get_ion(ion)
+        if found is None:
+            self._projects.pop(ion, None)
+            return None
+        self._remember(ion, found.project)
+        return found.project or identity.DEFAULT_PROJECT
+
     def ion_exists(self, ion: str) -> bool:
-        if ion in self._known:
-            return True
-        found = self._get_ion(ion) is not None
-        if found:
-            self._known.add(ion)
-        return found
+        return self.project_of(ion) is not None
 
     def retention_days(self, ion: str) -> int | None:
         found = self._get_ion(ion)
@@ -96,6 +136,7 @@ class RegistryLink:
                         parent=f"ions/{ion}", page_size=100, page_token=token
                     ),
                     timeout=TIMEOUT_S,
+                    metadata=self._metadata(),
                 )
             except grpc.RpcError as e:
                 raise _domain_error(e, f"cannot list the revisions of ions/{ion}") from e
@@ -107,8 +148,11 @@ class RegistryLink:
 
     def restore_revisions(self, ion: str, yamls: list[tuple[str, str]]) -> int:
         """Recreates exported revisions (source YAML, source path), oldest first, skipping
-        those whose YAML is already a revision here. Returns how many it created."""
+        those whose YAML is already a revision here. Returns how many it created. A new ION
+        belongs to the caller's project (the recorder checked that an existing one does)."""
         stub = self._stub()
+        project = identity.current().project
+        metadata = self._metadata(for_project=project)
         existing: list[registry_pb2.Revision] = []
         if self._get_ion(ion) is not None:
             existing = self.revisions(ion)
@@ -124,19 +168,21 @@ class RegistryLink:
                             ion_id=ion, definition_yaml=text, source_path=path
                         ),
                         timeout=TIMEOUT_S,
+                        metadata=metadata,
                     )
+                    self._remember(ion, project)
                 else:
                     stub.CreateRevision(
                         registry_pb2.CreateRevisionRequest(
                             parent=f"ions/{ion}", definition_yaml=text, source_path=path
                         ),
                         timeout=TIMEOUT_S,
+                        metadata=metadata,
                     )
             except grpc.RpcError as e:
                 raise _domain_error(e, f"cannot recreate a revision of ions/{ion}") from e
             have.add(text)
             created += 1
-        self._known.add(ion)
         return created
 
     def download_model(self, name: str, out: IO[bytes]) -> dict[str, Any]:
@@ -144,7 +190,9 @@ class RegistryLink:
         meta: dict[str, Any] = {}
         try:
             for message in self._stub().DownloadModelVersion(
-                registry_pb2.DownloadModelVersionRequest(name=name), timeout=300
+                registry_pb2.DownloadModelVersionRequest(name=name),
+                timeout=300,
+                metadata=self._metadata(),
             ):
                 if message.WhichOneof("payload") == "chunk":
                     out.write(message.chunk)

@@ -86,9 +86,18 @@ class _RawListEvents:
 def create_server(config: Config) -> tuple[Server, int]:
     """A recorder server bound to ``config.port`` (0: any free port); call ``start()`` on it."""
     store = Store(config)
-    registry = RegistryLink(config.registry_endpoint) if config.registry_endpoint else None
+    registry = (
+        RegistryLink(config.registry_endpoint, token=config.service_token)
+        if config.registry_endpoint
+        else None
+    )
     if registry is None:
         log.warning("no registry endpoint: the recorder accepts events for any ION")
+    elif config.auth and not config.service_token:
+        log.warning(
+            "RELIVE_AUTH is on but RELIVE_SERVICE_TOKEN is not set: the registry will refuse "
+            "the recorder's lookups"
+        )
     service = RecorderService(config, store, registry)
     exporter = Exporter(config, service, registry)
     servicer = RecorderServicer(service, exporter)

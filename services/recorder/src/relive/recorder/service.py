@@ -307,13 +307,22 @@ class RecorderService:
     # -- names
 
     def ion_of(self, parent: str, field: str = "parent") -> str:
-        """Parses ``ions/{ion}`` and checks that the registry knows the ION."""
+        """Parses ``ions/{ion}`` and checks that the registry knows the ION and that it
+        belongs to the caller's project (another project's ION does not exist for them)."""
+        return self._ion_and_project(parent, field)[0]
+
+    def _ion_and_project(self, parent: str, field: str) -> tuple[str, str]:
         ion = parse_name(parent, "ions/{ion}", field)["ion"]
         if ion == "-":
             raise errors.InvalidArgument(f"{field} must name one ION", field=field)
-        if self.registry is not None and not self.registry.ion_exists(ion):
+        who = identity.current()
+        if self.registry is None:
+            # Nothing to ask: every ION is the caller's (captures still carry a project).
+            return ion, who.project
+        project = self.registry.project_of(ion)
+        if project is None or not who.sees(project):
             raise errors.NotFound(f"ION {parent} does not exist", field=field)
-        return ion
+        return ion, project
 
     def _levels(self, ion: str) -> set[int]:
         """Span levels in use by an ION. Cached for LEVELS_TTL_S; this process's own writes
@@ -958,10 +967,7 @@ class RecorderService:
     def get_capture_doc(self, name: str, field: str = "name") -> dict[str, Any]:
         ion, cap = self._capture_key(name, field)
         doc = self.store.get_capture(f"{ion}:{cap}")
-        if (
-            doc is None
-            or doc.get("project", identity.DEFAULT_PROJECT) != identity.current().project
-        ):
+        if doc is None or not identity.current().sees(doc.get("project", identity.DEFAULT_PROJECT)):
             raise errors.NotFound(f"capture {name} does not exist", field=field)
         return doc
 
@@ -975,7 +981,7 @@ class RecorderService:
         request_id: str = "",
         imported_from: str = "",
     ) -> Capture:
-        ion = self.ion_of(parent)
+        ion, project = self._ion_and_project(parent, "parent")
         check_id(capture_id, "capture_id")
         if start_ms is None:
             raise errors.InvalidArgument(
@@ -1002,7 +1008,8 @@ class RecorderService:
             "end_ms": end_ms,
             "description": description,
             "owner": who.user,
-            "project": who.project,
+            # The ION's project: a service creating it for someone still files it there.
+            "project": project,
             "imported_from": imported_from,
             "request_id": request_id,
             "create_time": now,
@@ -1029,14 +1036,14 @@ class RecorderService:
             raise errors.InvalidArgument("page_size must not be negative", field="page_size")
         size = min(page_size or 50, 1000)
         token = decode_token(page_token, expect={"p": parent})
-        project = identity.current().project
+        who = identity.current()
         out: list[Capture] = []
         after = str(token.get("k", ""))
         more = False
         while True:
             docs = self.store.list_captures(ion, after, size + 1)
             for doc in docs:
-                if doc.get("project", identity.DEFAULT_PROJECT) != project:
+                if not who.sees(doc.get("project", identity.DEFAULT_PROJECT)):
                     after = doc["key"]
                     continue
                 if len(out) == size:

@@ -74,6 +74,8 @@ class ModelVersion:
     size_bytes: int
     lineage: Lineage
     create_time: datetime
+    # The project of whoever created the model's first version; every version shares it.
+    project: str = "default"
 
     @property
     def name(self) -> str:

@@ -1,4 +1,9 @@
-"""The registry's domain logic: IONs, immutable revisions, and model versions. Knows no gRPC."""
+"""The registry's domain logic: IONs, immutable revisions, and model versions. Knows no gRPC.
+
+Everything belongs to a project: an ION to its creator's, a model to the creator of its first
+version's. Another project's resources answer NOT_FOUND exactly as missing ones do; ids stay
+unique across the deployment, so creating a taken id answers ALREADY_EXISTS either way.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 
-from relive.core import names
+from relive.core import identity, names
 from relive.core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from relive.registry import definition
 from relive.registry.model import CodeRef, Ion, Lineage, ModelVersion, Page, Revision
@@ -68,10 +73,9 @@ def _which(value: str, field: str, what: str) -> int | None:
 class RegistryService:
     """IONs and their revisions, and model versions with their bytes."""
 
-    def __init__(self, store: RegistryStore, code_path: Sequence[str], project: str = "default"):
+    def __init__(self, store: RegistryStore, code_path: Sequence[str]):
         self.store = store
         self.code_path = tuple(code_path)
-        self.project = project
 
     # ------------------------------------------------------------------------------ IONs
 
@@ -89,7 +93,9 @@ class RegistryService:
         _request_id(request_id)
         _bounded(source_path, "source_path", MAX_SOURCE_PATH)
         refs = _code_refs(code_refs)
-        request_key = f"ion:{request_id}"
+        project = identity.current().project
+        # Request ids are the caller's: another project's same id is another request.
+        request_key = f"ion:{project}:{request_id}"
         if request_id and (earlier := self._recalled_ion(request_key)):
             return earlier
         parsed = definition.parse(
@@ -100,7 +106,7 @@ class RegistryService:
         if request_id and not self.store.claim(request_key, f"ions/{ion_id}", now):
             return self._await_ion(request_key)
         try:
-            self.store.insert_ion(ion_id, self.project, parsed["retention_days"], now)
+            self.store.insert_ion(ion_id, project, parsed["retention_days"], now)
         except AlreadyExists:
             if request_id:
                 self.store.forget(request_key)
@@ -116,7 +122,7 @@ class RegistryService:
             name = self.store.recall(request_key)
             if name is None:
                 break  # that call failed; so does this repeat of it
-            ion = self.store.get_ion(name.removeprefix("ions/"))
+            ion = self._visible(self.store.get_ion(name.removeprefix("ions/")))
             if ion is not None and ion.latest_revision > 0:
                 return ion
             time.sleep(0.02)
@@ -130,15 +136,20 @@ class RegistryService:
         name = self.store.recall(request_key)
         if name is None:
             return None
-        ion = self.store.get_ion(name.removeprefix("ions/"))
+        ion = self._visible(self.store.get_ion(name.removeprefix("ions/")))
         if ion is not None and ion.latest_revision == 0:
             return self._await_ion(request_key)
         return ion
 
-    def _ion(self, ion_id: str) -> Ion:
-        ion = self.store.get_ion(ion_id)
+    @staticmethod
+    def _visible(ion: Ion | None) -> Ion | None:
+        """The ION if the caller's project may see it; another project's is as good as none."""
+        return ion if ion is not None and identity.current().sees(ion.project) else None
+
+    def _ion(self, ion_id: str, field: str = "name") -> Ion:
+        ion = self._visible(self.store.get_ion(ion_id))
         if ion is None:
-            raise NotFound(f"ION ions/{ion_id} not found", field="name")
+            raise NotFound(f"ION ions/{ion_id} not found", field=field)
         return ion
 
     def get_ion(self, name: str) -> Ion:
@@ -150,7 +161,8 @@ class RegistryService:
         after = token.get("after", "")
         if not isinstance(after, str):
             raise InvalidArgument("page_token is malformed", field="page_token")
-        ions = self.store.list_ions(after, size + 1)
+        who = identity.current()
+        ions = self.store.list_ions(after, size + 1, None if who.is_service else who.project)
         more = len(ions) > size
         ions = ions[:size]
         next_token = names.encode_token({"k": "ions", "after": ions[-1].ion_id}) if more else ""
@@ -158,6 +170,7 @@ class RegistryService:
 
     def delete_ion(self, name: str) -> None:
         ion_id = names.parse_name(name, "ions/{ion}")["ion"]
+        self._ion(ion_id)
         if not self.store.delete_ion(ion_id):
             raise NotFound(f"ION ions/{ion_id} not found", field="name")
 
@@ -203,14 +216,12 @@ class RegistryService:
         _request_id(request_id)
         _bounded(source_path, "source_path", MAX_SOURCE_PATH)
         refs = _code_refs(code_refs)
+        ion = self._ion(ion_id, "parent")
         request_key = f"rev:{ion_id}:{request_id}"
         if request_id and (earlier := self.store.recall(request_key)):
             found = self._recalled_revision(earlier)
             if found is not None:
                 return found
-        ion = self.store.get_ion(ion_id)
-        if ion is None:
-            raise NotFound(f"ION ions/{ion_id} not found", field="parent")
         parsed = definition.parse(
             definition_yaml, source=source_path, ion_id=ion_id, code_path=self.code_path
         )
@@ -235,7 +246,8 @@ class RegistryService:
         parts = names.parse_name(name, "ions/{ion}/revisions/{revision}")
         ion_id = parts["ion"]
         which = _which(parts["revision"], "name", "revision")
-        revision_id = self._ion(ion_id).latest_revision if which is None else which
+        ion = self._ion(ion_id)
+        revision_id = ion.latest_revision if which is None else which
         rev = self.store.get_revision(ion_id, revision_id)
         if rev is None:
             raise NotFound(f"revision {name} not found", field="name")
@@ -248,8 +260,7 @@ class RegistryService:
         before = token.get("before")
         if before is not None and not isinstance(before, int):
             raise InvalidArgument("page_token is malformed", field="page_token")
-        if not page_token:
-            self._ion(ion_id)
+        self._ion(ion_id, "parent")
         revs = self.store.list_revisions(ion_id, before, size + 1)
         more = len(revs) > size
         revs = revs[:size]
@@ -280,6 +291,12 @@ class RegistryService:
             raise InvalidArgument(
                 "header.expected_sha256 must be 64 hex digits", field="header.expected_sha256"
             )
+        # A model belongs to its first version's project; ids are unique across projects.
+        who = identity.current()
+        owner = self.store.model_project(model_id)
+        if owner is not None and not who.sees(owner):
+            raise AlreadyExists(f"model models/{model_id} already exists", field="header.parent")
+        project = owner or who.project
         request_key = f"mv:{model_id}:{request_id}"
         if request_id and (earlier := self.store.recall(request_key)):
             found = self._recalled_version(earlier)
@@ -316,6 +333,7 @@ class RegistryService:
             size_bytes=size,
             lineage=lineage,
             create_time=now,
+            project=project,
         )
         self.store.insert_model_version(mv)
         if request_id:
@@ -365,7 +383,7 @@ class RegistryService:
             if which is None
             else self.store.get_model_version(model_id, which)
         )
-        if found is None:
+        if found is None or not identity.current().sees(found.project):
             raise NotFound(f"model version {name} not found", field="name")
         return found
 
@@ -378,6 +396,9 @@ class RegistryService:
         after = token.get("after", 0)
         if not isinstance(after, int):
             raise InvalidArgument("page_token is malformed", field="page_token")
+        owner = self.store.model_project(model_id)
+        if owner is not None and not identity.current().sees(owner):
+            return Page([], "")
         versions = self.store.list_model_versions(model_id, after, size + 1)
         more = len(versions) > size
         versions = versions[:size]

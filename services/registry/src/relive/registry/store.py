@@ -63,7 +63,7 @@ class IonDoc(Document):
     meta = {
         "db_alias": ALIAS,
         "collection": "ions",
-        "indexes": [{"fields": ["ion_id"], "unique": True}],
+        "indexes": [{"fields": ["ion_id"], "unique": True}, "project"],
     }
     ion_id = StringField(required=True)
     project = StringField(default="default")
@@ -122,6 +122,7 @@ class ModelVersionDoc(Document):
     }
     key = StringField(required=True)
     model_id = StringField(required=True)
+    project = StringField(default="default")
     version_id = IntField(required=True)
     sha256 = StringField(required=True)
     size_bytes = IntField(required=True)
@@ -144,6 +145,7 @@ class ModelVersionDoc(Document):
                 labels=json.loads(self.labels_json),
             ),
             create_time=_time(self.create_ms),
+            project=self.project or "default",
         )
 
 
@@ -314,8 +316,11 @@ class RegistryStore:
         doc = IonDoc.objects(ion_id=ion_id).first()
         return doc.to_domain() if doc else None
 
-    def list_ions(self, after: str, limit: int) -> list[Ion]:
+    def list_ions(self, after: str, limit: int, project: str | None = None) -> list[Ion]:
+        """IONs by id after ``after``; only those of ``project`` unless it is None."""
         query = IonDoc.objects(ion_id__gt=after) if after else IonDoc.objects()
+        if project is not None:
+            query = query.filter(project=project)
         return [d.to_domain() for d in query.order_by("ion_id").limit(limit)]
 
     def advance_ion(
@@ -395,6 +400,7 @@ class RegistryStore:
         ModelVersionDoc(
             key=version_key(mv.model_id, mv.version_id),
             model_id=mv.model_id,
+            project=mv.project,
             version_id=mv.version_id,
             sha256=mv.sha256,
             size_bytes=mv.size_bytes,
@@ -409,6 +415,16 @@ class RegistryStore:
     def get_model_version(self, model_id: str, version_id: int) -> ModelVersion | None:
         doc = ModelVersionDoc.objects(key=version_key(model_id, version_id)).first()
         return doc.to_domain() if doc else None
+
+    def model_project(self, model_id: str) -> str | None:
+        """The project that owns a model (that of its first version), or None if it has none."""
+        doc = (
+            ModelVersionDoc.objects(key__gt=version_key(model_id, 0), key__lt=f"{model_id};")
+            .order_by("key")
+            .only("project")
+            .first()
+        )
+        return (doc.project or "default") if doc else None
 
     def latest_model_version(self, model_id: str) -> ModelVersion | None:
         query = ModelVersionDoc.objects(
