@@ -511,7 +511,7 @@ class Exporter:
         (ALREADY_EXISTS, as the registry answers a create), never written to."""
         if self.registry is None:
             return
-        owner = self.registry.project_of(ion)
+        owner = self.registry.project_of(ion, fresh=True)
         if owner is not None and not identity.current().sees(owner):
             raise errors.AlreadyExists(
                 f"the archive's ION ions/{ion} already exists in this deployment", field="ion"

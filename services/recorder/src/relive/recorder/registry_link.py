@@ -27,7 +27,7 @@ PROJECT_TTL_S = 30.0
 class Registry(Protocol):
     def ion_exists(self, ion: str) -> bool: ...
 
-    def project_of(self, ion: str) -> str | None: ...
+    def project_of(self, ion: str, fresh: bool = False) -> str | None: ...
 
     def retention_days(self, ion: str) -> int | None: ...
 
@@ -106,10 +106,11 @@ class RegistryLink:
     def _remember(self, ion: str, project: str) -> None:
         self._projects[ion] = (project or identity.DEFAULT_PROJECT, time.monotonic())
 
-    def project_of(self, ion: str) -> str | None:
-        """The ION's project, or None when the registry does not know the ION."""
+    def project_of(self, ion: str, fresh: bool = False) -> str | None:
+        """The ION's project, or None when the registry does not know the ION. ``fresh``
+        asks the registry even when the answer is cached."""
         cached = self._projects.get(ion)
-        if cached is not None and time.monotonic() - cached[1] < PROJECT_TTL_S:
+        if not fresh and cached is not None and time.monotonic() - cached[1] < PROJECT_TTL_S:
             return cached[0]
         found = self._get_ion(ion)
         if found is None:

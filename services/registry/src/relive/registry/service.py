@@ -2,7 +2,8 @@
 
 Everything belongs to a project: an ION to its creator's, a model to the creator of its first
 version's. Another project's resources answer NOT_FOUND exactly as missing ones do; ids stay
-unique across the deployment, so creating a taken id answers ALREADY_EXISTS either way.
+unique across the deployment, so creating a taken id answers ALREADY_EXISTS either way. A
+deleted ION's id stays its project's (the recorder keeps its events).
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ class RegistryService:
         if request_id and not self.store.claim(request_key, f"ions/{ion_id}", now):
             return self._await_ion(request_key)
         try:
+            former = self.store.former_project(ion_id)
+            if former is not None and former != project:
+                raise AlreadyExists(f"ION ions/{ion_id} already exists", field="ion_id")
             self.store.insert_ion(ion_id, project, parsed["retention_days"], now)
         except AlreadyExists:
             if request_id:

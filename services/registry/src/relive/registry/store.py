@@ -84,6 +84,19 @@ class IonDoc(Document):
         )
 
 
+class IonTombstoneDoc(Document):
+    """The project a deleted ION belonged to: its id is never given to another project, whose
+    users would otherwise see the events the recorder still keeps under it."""
+
+    meta = {
+        "db_alias": ALIAS,
+        "collection": "ion_tombstones",
+        "indexes": [{"fields": ["ion_id"], "unique": True}],
+    }
+    ion_id = StringField(required=True)
+    project = StringField(required=True)
+
+
 class RevisionDoc(Document):
     meta = {
         "db_alias": ALIAS,
@@ -237,7 +250,15 @@ class RegistryStore:
     """Queries over the documents above, returning domain values."""
 
     def __init__(self) -> None:
-        for doc in (IonDoc, RevisionDoc, ModelVersionDoc, BlobDoc, RequestDoc, CounterDoc):
+        for doc in (
+            IonDoc,
+            IonTombstoneDoc,
+            RevisionDoc,
+            ModelVersionDoc,
+            BlobDoc,
+            RequestDoc,
+            CounterDoc,
+        ):
             doc.ensure_indexes()
         chunks = self._db()[f"{BUCKET}.chunks"]
         # The GridFS standard index, and a single-field one the embedded store can use.
@@ -333,7 +354,17 @@ class RegistryStore:
             set__update_ms=_ms(now),
         )
 
+    def former_project(self, ion_id: str) -> str | None:
+        """The project of a deleted ION with this id, if there was one."""
+        doc = IonTombstoneDoc.objects(ion_id=ion_id).first()
+        return str(doc.project) if doc else None
+
     def delete_ion(self, ion_id: str) -> bool:
+        doc = IonDoc.objects(ion_id=ion_id).first()
+        if doc is not None:
+            IonTombstoneDoc.objects(ion_id=ion_id).update_one(
+                set__project=doc.project or "default", upsert=True
+            )
         deleted = IonDoc.objects(ion_id=ion_id).delete()
         RevisionDoc.objects(ion_id=ion_id).delete()
         # A repeat of the create that made it must not answer with a deleted ION.
