@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -17,6 +16,7 @@ from typing import Any, Protocol
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from relive import hlc
 from relive.recorder.v1 import event_pb2
 
 Event = event_pb2.Event
@@ -32,26 +32,19 @@ class EventSink(Protocol):
 
 
 class Clock:
-    """A hybrid logical clock: physical ms plus a logical counter; ``observe`` merges another."""
+    """This process's hybrid logical clock (``relive.hlc``), as (physical ms, logical) pairs.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ms = 0
-        self._logical = 0
+    One clock per process, as DESIGN.md asks: the executor's RPCs, its runs and the
+    components in one Ray worker all stamp from the same causal history.
+    """
 
     def now(self) -> tuple[int, int]:
-        with self._lock:
-            wall = time.time_ns() // 1_000_000
-            if wall > self._ms:
-                self._ms, self._logical = wall, 0
-            else:
-                self._logical += 1
-            return self._ms, self._logical
+        return hlc.process_clock().now_pair()
 
     def observe(self, ms: int, logical: int) -> None:
-        with self._lock:
-            if (ms, logical) > (self._ms, self._logical):
-                self._ms, self._logical = ms, logical
+        """Merges a stamp from elsewhere (the executor's, sent with a Ray task, or back)."""
+        if ms:
+            hlc.update((ms, logical))
 
 
 def to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
