@@ -562,3 +562,34 @@ def test_a_deleted_ions_id_stays_with_its_project(churn: Deployment) -> None:
     assert code(lambda: create_ion(churn.bob, "churn-a")) == grpc.StatusCode.ALREADY_EXISTS
     assert create_ion(churn.carol, "churn-a").project == "churn"
     assert len(events_of(churn.alice, "churn-a")) == 5
+
+
+# ---- relive up -------------------------------------------------------------------------------
+
+
+def test_the_stack_hands_auth_to_its_services(auth_config: Config) -> None:
+    from relive.core.stack import Stack, check_auth
+
+    with pytest.raises(domain_errors.FailedPrecondition, match="RELIVE_SERVICE_TOKEN"):
+        check_auth(auth_config.with_(service_token=None))
+    with pytest.raises(domain_errors.FailedPrecondition, match="role: service"):
+        check_auth(auth_config.with_(service_token="tok-carol"))
+
+    with Stack(auth_config, services=("registry", "recorder")) as stack:
+        endpoints = stack.endpoints()
+        channels: list[grpc.Channel] = []
+        try:
+            alice = _user(endpoints["registry"], endpoints["recorder"], "tok-alice", channels)
+            bob = _user(endpoints["registry"], endpoints["recorder"], "tok-bob", channels)
+            anonymous = _user(endpoints["registry"], endpoints["recorder"], None, channels)
+            create_ion(alice, "churn-a")
+            # The recorder reached the registry with the service token to find the ION.
+            stored = alice.recorder.AppendEvents(
+                recorder_pb2.AppendEventsRequest(parent="ions/churn-a", events=[event(T0)])
+            )
+            assert stored.stored_count == 1
+            assert code(lambda: events_of(bob, "churn-a")) == NOT_FOUND
+            assert code(lambda: captures_of(anonymous)) == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            for ch in channels:
+                ch.close()

@@ -2,6 +2,9 @@
 
 The services run as child processes on loopback ports chosen up front, so each one can be
 told where the others are. The endpoints file in the data dir tells clients where they went.
+With RELIVE_AUTH on, every service gets the tokens file and the service token it calls the
+others with (RELIVE_SERVICE_TOKEN, a ``role: service`` entry of that file); both are checked
+before anything starts.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from relive.core import identity
 from relive.core.config import Config
 from relive.core.embedded import EmbeddedStore, free_port, pid_alive
+from relive.core.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,31 @@ def check_health(target: str, timeout: float = 1.0) -> str:
             return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
     except grpc.RpcError:
         return "UNREACHABLE"
+
+
+def check_auth(config: Config) -> None:
+    """Fails early, with the variable to fix named, when auth is on but cannot work: the
+    services would start and then refuse each other."""
+    if not config.auth:
+        return
+    if config.auth_tokens_file is None:
+        raise FailedPrecondition(
+            "RELIVE_AUTH is on but RELIVE_AUTH_TOKENS_FILE is not set",
+            field="RELIVE_AUTH_TOKENS_FILE",
+        )
+    tokens = identity.load_tokens(config.auth_tokens_file)
+    if not config.service_token:
+        raise FailedPrecondition(
+            "RELIVE_AUTH is on but RELIVE_SERVICE_TOKEN is not set: the services need a token "
+            "with role: service from the tokens file to call each other",
+            field="RELIVE_SERVICE_TOKEN",
+        )
+    who = tokens.get(config.service_token)
+    if who is None or not who.is_service:
+        raise FailedPrecondition(
+            f"RELIVE_SERVICE_TOKEN must be a token of {config.auth_tokens_file} with role: service",
+            field="RELIVE_SERVICE_TOKEN",
+        )
 
 
 class Stack:
@@ -70,6 +100,12 @@ class Stack:
         env["RELIVE_DB_PREFIX"] = self.config.db_prefix
         if self.config.ray_address:
             env["RELIVE_RAY_ADDRESS"] = self.config.ray_address
+        # The config wins over the environment it may have been read from.
+        env["RELIVE_AUTH"] = "on" if self.config.auth else "off"
+        if self.config.auth and self.config.auth_tokens_file is not None:
+            env["RELIVE_AUTH_TOKENS_FILE"] = str(self.config.auth_tokens_file.resolve())
+        if self.config.auth and self.config.service_token:
+            env["RELIVE_SERVICE_TOKEN"] = self.config.service_token
         for name, port in self.ports.items():
             env[f"RELIVE_{name.upper()}_ENDPOINT"] = f"{self.config.host}:{port}"
         # Component code is imported from where `relive up` was started.
@@ -99,6 +135,7 @@ class Stack:
             )
 
     def start(self, timeout: float = 120.0) -> dict[str, str]:
+        check_auth(self.config)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.mongodb_uri:
             self.store = EmbeddedStore(self.data_dir, host=self.config.host)
