@@ -64,6 +64,9 @@ MAX_RETENTION_DAYS = 3650
 LOCAL_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 LOCAL_ID_MAX = 63
 MAX_YAML_BYTES = 1024 * 1024
+# Values an ION file may expand to: aliases can make a small file expand without bound
+# ("billion laughs"), or refer to themselves.
+MAX_YAML_VALUES = 100_000
 POLICY_TYPES = ("model_transfer", "approval", "canary", "ensemble", "ab_split")
 ENSEMBLE_METHODS = ("mean", "vote", "median")
 AUTO_IF = re.compile(
@@ -80,6 +83,7 @@ class _Doc:
 
     source: str
     marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    values: int = 0
 
     def line(self, path: Path_) -> tuple[int, int]:
         # The closest enclosing value with a known position.
@@ -125,10 +129,19 @@ def _compose(text: str, source: str) -> tuple[Any, _Doc]:
         raise InvalidArgument(
             f"{source}: malformed YAML: {e}", field="definition_yaml", metadata={"source": source}
         ) from e
+    except RecursionError as e:
+        raise InvalidArgument(
+            f"{source}: the YAML nests too deeply, or an alias refers to itself",
+            field="definition_yaml",
+            metadata={"source": source},
+        ) from e
     return value, doc
 
 
 def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, doc: _Doc) -> Any:
+    doc.values += 1
+    if doc.values > MAX_YAML_VALUES:
+        raise doc.error(path, f"the YAML expands to more than {MAX_YAML_VALUES} values (aliases?)")
     doc.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
