@@ -306,18 +306,19 @@ def test_ion_ids_are_unique_across_projects(churn: Deployment) -> None:
         assert made.name == f"ions/{ion}"
 
 
-def test_another_projects_models_are_hidden(churn: Deployment) -> None:
-    def upload(user: User, model: str, data: bytes) -> registry_pb2.ModelVersion:
-        header = registry_pb2.ModelVersionHeader(parent=f"models/{model}")
-        return user.registry.CreateModelVersion(
-            iter(
-                [
-                    registry_pb2.CreateModelVersionRequest(header=header),
-                    registry_pb2.CreateModelVersionRequest(chunk=data),
-                ]
-            )
+def upload(user: User, model: str, data: bytes) -> registry_pb2.ModelVersion:
+    header = registry_pb2.ModelVersionHeader(parent=f"models/{model}")
+    return user.registry.CreateModelVersion(
+        iter(
+            [
+                registry_pb2.CreateModelVersionRequest(header=header),
+                registry_pb2.CreateModelVersionRequest(chunk=data),
+            ]
         )
+    )
 
+
+def test_another_projects_models_are_hidden(churn: Deployment) -> None:
     mine = upload(churn.alice, "churn-model", b"alice's weights")
     bob = churn.bob.registry
     name = mine.name
@@ -473,6 +474,30 @@ def test_a_project_header_from_a_member_changes_nothing(churn: Deployment) -> No
     assert [i.name for i in listed.ions] == ["ions/fraud-b"]
 
 
+def test_a_service_working_for_a_project_sees_only_that_project(churn: Deployment) -> None:
+    svc = churn.svc.registry
+    for_fraud = (("relive-project", "fraud"),)
+    assert svc.GetIon(registry_pb2.GetIonRequest(name="ions/churn-a")).project == "churn"
+    with pytest.raises(grpc.RpcError) as caught:
+        svc.GetIon(registry_pb2.GetIonRequest(name="ions/churn-a"), metadata=for_fraud)
+    assert caught.value.code() == NOT_FOUND
+    made = svc.CreateIon(
+        registry_pb2.CreateIonRequest(
+            ion_id="fraud-svc", definition_yaml=ION_YAML.format(ion="fraud-svc", days=7)
+        ),
+        metadata=for_fraud,
+    )
+    assert made.project == "fraud"
+    listed = churn.bob.registry.ListIons(registry_pb2.ListIonsRequest())
+    assert [i.name for i in listed.ions] == ["ions/fraud-b", "ions/fraud-svc"]
+    with pytest.raises(grpc.RpcError) as caught:
+        svc.GetIon(
+            registry_pb2.GetIonRequest(name="ions/churn-a"),
+            metadata=(("relive-project", "Not An Id"),),
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 # ---- captures within a project ---------------------------------------------------------------
 
 
@@ -533,6 +558,35 @@ def _import(user: User, archive: bytes, capture_id: str) -> recorder_pb2.ImportC
         recorder_pb2.ImportCaptureRequest(chunk=archive),
     ]
     return user.recorder.ImportCapture(iter(messages))
+
+
+def test_an_export_leaves_out_another_projects_models(churn: Deployment) -> None:
+    """An event may name any model; the export downloads only those of the caller's project."""
+    ours = upload(churn.alice, "churn-model", b"alice's weights")
+    theirs = upload(churn.bob, "fraud-model", b"bob's weights")
+    named = []
+    for i, version in enumerate((ours, theirs)):
+        e = event(T0 + 500 + i, type="model.logged")
+        e.model.model_version = version.name
+        e.model.action = "logged"
+        named.append(e)
+    churn.alice.recorder.AppendEvents(
+        recorder_pb2.AppendEventsRequest(parent="ions/churn-a", events=named)
+    )
+    out = io.BytesIO()
+    for message in churn.alice.recorder.ExportCapture(
+        recorder_pb2.ExportCaptureRequest(
+            name="ions/churn-a/captures/alice-cap", include_models=True
+        )
+    ):
+        if message.WhichOneof("payload") == "chunk":
+            out.write(message.chunk)
+    out.seek(0)
+    with tarfile.open(fileobj=out) as tar:
+        files = {Path(m.name).name: m for m in tar.getmembers()}
+        blob = tar.extractfile(files[ours.name.replace("/", "_") + ".bin"])
+        assert blob is not None and blob.read() == b"alice's weights"
+    assert theirs.name.replace("/", "_") + ".bin" not in files
 
 
 def test_import_never_writes_to_another_projects_ion(churn: Deployment) -> None:

@@ -31,6 +31,8 @@ class Identity:
     user: str
     project: str = DEFAULT_PROJECT
     role: str = "member"
+    # A service working for one project (see acting_for) sees only that project.
+    scoped: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -40,13 +42,23 @@ class Identity:
     def is_service(self) -> bool:
         return self.role == "service"
 
+    @property
+    def sees_all(self) -> bool:
+        return self.is_service and not self.scoped
+
     def sees(self, project: str) -> bool:
         """Whether resources of ``project`` exist for this caller (else they are NOT_FOUND)."""
-        return self.is_service or project == self.project
+        return self.sees_all or project == self.project
+
+    @property
+    def scope(self) -> str | None:
+        """The project a service calling on this caller's behalf should be limited to; None
+        for a service that sees every project."""
+        return None if self.sees_all else self.project
 
     def acting_for(self, project: str) -> Identity:
-        """A service identity that creates in ``project`` (it still sees every project)."""
-        return Identity(user=self.user, project=project, role=self.role)
+        """A service working for ``project``: it sees and creates only there."""
+        return Identity(user=self.user, project=project, role=self.role, scoped=True)
 
 
 LOCAL = Identity(user="local", project=DEFAULT_PROJECT, role="admin")

@@ -159,8 +159,8 @@ def _wrap_behaviors(
 PUBLIC_SERVICE_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
-# A service identity names here the project it creates resources in (the caller's, when it
-# works for one); everyone else's project comes from their token alone.
+# A service identity names here the project it works for (its caller's): it then sees and
+# creates only there. Everyone else's project comes from their token alone.
 PROJECT_METADATA = "relive-project"
 
 

@@ -151,6 +151,12 @@ class _Files:
             return path.open(mode)
         return path.open(mode, encoding="utf-8", newline="")
 
+    def discard(self, name: str) -> None:
+        """Drops a file that could not be written whole."""
+        (self.root / name).unlink(missing_ok=True)
+        if name in self.names:
+            self.names.remove(name)
+
     def write_json(self, name: str, value: Any) -> None:
         with self.open(name) as f:
             json.dump(value, f, indent=2, sort_keys=True)
@@ -383,6 +389,8 @@ class Exporter:
                     meta = download(name, f)
                 files.write_json(f"models/{safe}.json", meta)
             except errors.ReliveError as e:
+                # Missing, or another project's: the archive holds no partial file of it.
+                files.discard(f"models/{safe}.bin")
                 log.warning("export: model %s not included: %s", name, e)
 
     # -- import

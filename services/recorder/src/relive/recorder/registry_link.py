@@ -68,7 +68,8 @@ class RegistryLink:
         self._projects: dict[str, tuple[str, float]] = {}
 
     def _metadata(self, for_project: str | None = None) -> tuple[tuple[str, str | bytes], ...]:
-        """The service token, and the project a create is for (the recorder's caller's)."""
+        """The service token, and the project the call is for: the registry then shows and
+        creates only there (the recorder's caller's, unless the caller sees every project)."""
         out: list[tuple[str, str | bytes]] = []
         if self._token:
             out.append(("authorization", f"Bearer {self._token}"))
@@ -137,7 +138,7 @@ class RegistryLink:
                         parent=f"ions/{ion}", page_size=100, page_token=token
                     ),
                     timeout=TIMEOUT_S,
-                    metadata=self._metadata(),
+                    metadata=self._metadata(identity.current().scope),
                 )
             except grpc.RpcError as e:
                 raise _domain_error(e, f"cannot list the revisions of ions/{ion}") from e
@@ -153,7 +154,7 @@ class RegistryLink:
         belongs to the caller's project (the recorder checked that an existing one does)."""
         stub = self._stub()
         project = identity.current().project
-        metadata = self._metadata(for_project=project)
+        metadata = self._metadata(project)
         existing: list[registry_pb2.Revision] = []
         if self._get_ion(ion) is not None:
             existing = self.revisions(ion)
@@ -193,7 +194,8 @@ class RegistryLink:
             for message in self._stub().DownloadModelVersion(
                 registry_pb2.DownloadModelVersionRequest(name=name),
                 timeout=300,
-                metadata=self._metadata(),
+                # Only the caller's models: an event may name any model.
+                metadata=self._metadata(identity.current().scope),
             ):
                 if message.WhichOneof("payload") == "chunk":
                     out.write(message.chunk)

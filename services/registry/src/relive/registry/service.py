@@ -166,7 +166,7 @@ class RegistryService:
         if not isinstance(after, str):
             raise InvalidArgument("page_token is malformed", field="page_token")
         who = identity.current()
-        ions = self.store.list_ions(after, size + 1, None if who.is_service else who.project)
+        ions = self.store.list_ions(after, size + 1, None if who.sees_all else who.project)
         more = len(ions) > size
         ions = ions[:size]
         next_token = names.encode_token({"k": "ions", "after": ions[-1].ion_id}) if more else ""
