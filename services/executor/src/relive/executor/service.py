@@ -552,7 +552,14 @@ class ExecutorService:
         approvals: dict[tuple[str, int], tuple[bool, str, str]] = {}
         swaps: dict[str, list[tuple[int, int]]] = {}
         retrains: dict[str, list[tuple[int, int]]] = {}
-        for e in self.recorder.events(f"ions/{ion}", runs=[run]):
+        wanted = [
+            "node.finished",
+            "node.skipped",
+            "human.approval",
+            "stream.swap",
+            "stream.retrain",
+        ]
+        for e in self.recorder.events(f"ions/{ion}", runs=[run], types=wanted):
             if e.type in ("node.finished", "node.skipped"):
                 details = struct_to_dict(e.lifecycle.details)
                 if int(details.get("round", 0)) == 0:
