@@ -69,7 +69,9 @@ def registry_channel(registry_server: Server) -> Iterator[grpc.Channel]:
 def recorder_server(config: Config, registry_server: Server) -> Iterator[Server]:
     from relive.recorder.server import create_server
 
-    server, _port = create_server(config.with_(registry_endpoint=f"127.0.0.1:{registry_server.port}"))
+    server, _port = create_server(
+        config.with_(registry_endpoint=f"127.0.0.1:{registry_server.port}")
+    )
     yield _start(server)
     server.stop(0.5)
 
