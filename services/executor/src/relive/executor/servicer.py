@@ -6,14 +6,19 @@ from collections.abc import Iterator
 
 import grpc
 
+from relive.core import identity
 from relive.executor.service import ExecutorService
 from relive.executor.v1 import executor_pb2 as pb
 from relive.executor.v1 import executor_pb2_grpc
 
 
 def _user(context: grpc.ServicerContext) -> str:
+    """Who decided: the authenticated user when auth is on, else the name the client gave."""
+    who = identity.current()
+    if who is not identity.LOCAL:
+        return who.user
     md = dict(context.invocation_metadata() or ())
-    return str(md.get("x-relive-user") or md.get("x-relive-principal") or "anonymous")
+    return str(md.get("x-relive-user") or who.user)
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
