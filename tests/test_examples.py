@@ -59,7 +59,9 @@ def _check_streaming(stack: Stack, ion: str, original: pb.Run, relaunch: pb.Run)
 
     def scored_by(run: pb.Run) -> dict[int, str]:
         return {
-            int(e.custom.data["batch"]): e.custom.data["model_version"]
+            int(e.custom.data.fields["batch"].number_value): (
+                e.custom.data.fields["model_version"].string_value
+            )
             for e in stack.recorder.list_events(ion, runs=[run.name], types=["stream.batch"])
             if e.node == "infer"
         }
