@@ -67,6 +67,7 @@ MAX_YAML_BYTES = 1024 * 1024
 # Values an ION file may expand to: aliases can make a small file expand without bound
 # ("billion laughs"), or refer to themselves.
 MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
 POLICY_TYPES = ("model_transfer", "approval", "canary", "ensemble", "ab_split")
 ENSEMBLE_METHODS = ("mean", "vote", "median")
 AUTO_IF = re.compile(
@@ -142,6 +143,9 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, doc: _Doc)
     doc.values += 1
     if doc.values > MAX_YAML_VALUES:
         raise doc.error(path, f"the YAML expands to more than {MAX_YAML_VALUES} values (aliases?)")
+    if len(path) > MAX_YAML_DEPTH:
+        # Deep enough for any ION; stops an alias that refers to itself before RecursionError.
+        raise doc.error(path, f"the YAML nests deeper than {MAX_YAML_DEPTH} levels (aliases?)")
     doc.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
