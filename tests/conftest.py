@@ -21,6 +21,18 @@ from relive.core.serving import Server
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Starts Ray before any test starts gRPC, when some test needs Ray.
+
+    Ray forks its helper processes and runs Python in the child; once gRPC's threads run in
+    this process such a fork can abort. Starting Ray first, once per session, avoids that.
+    """
+    if any("ray_session" in getattr(item, "fixturenames", ()) for item in session.items):
+        from relive.executor.server import init_ray
+
+        init_ray(Config(code_path=(str(REPO_ROOT),)))
+
+
 @pytest.fixture(scope="session")
 def mongodb_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """RELIVE_MONGODB_URI when set (a real MongoDB), else an embedded nx-27017."""

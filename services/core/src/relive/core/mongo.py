@@ -13,7 +13,9 @@ def connect(config: Config, service: str) -> MongoClient:
     """(Re)binds the mongoengine alias ``service`` to ``<prefix>_<service>``.
 
     mongoengine keeps connections by alias, process-wide; binding again replaces the old one,
-    which lets tests give every server a fresh database.
+    which lets tests give every server a fresh database. It also hands aliases with equal
+    settings one shared client, so each service names itself (``appname``): otherwise one
+    service's shutdown would close another's connection in the same process.
     """
     if not config.mongodb_uri:
         raise FailedPrecondition(
@@ -29,5 +31,11 @@ def connect(config: Config, service: str) -> MongoClient:
         uuidRepresentation="standard",
         tz_aware=True,
         serverSelectionTimeoutMS=10_000,
+        appname=f"relive-{service}",
     )
     return client
+
+
+def disconnect(service: str) -> None:
+    """Closes the service's client and forgets its alias."""
+    mongoengine.disconnect(alias=service)

@@ -6,11 +6,9 @@ import logging
 import os
 from typing import Any
 
-import mongoengine
-
 from relive.core.config import Config
 from relive.core.errors import FailedPrecondition
-from relive.core.mongo import connect
+from relive.core.mongo import connect, disconnect
 from relive.core.serving import Server, build_server, run_service
 from relive.executor.backends import Recorder, Registry
 from relive.executor.service import ExecutorService
@@ -58,33 +56,13 @@ def remote_function(ray: Any) -> Any:
     return ray.remote(max_retries=0, num_cpus=1)(_component_entry)
 
 
-def _connect_store(config: Config) -> None:
-    """Binds the ``executor`` alias to a MongoClient of its own.
-
-    mongoengine hands aliases with equal settings one shared client; an ``appname`` of our own
-    keeps another service in the same process (tests, ``relive demo``) from closing ours.
-    """
-    if not config.mongodb_uri:
-        connect(config, ALIAS)  # raises the standard FailedPrecondition
-    mongoengine.disconnect(alias=ALIAS)
-    mongoengine.connect(
-        db=config.database(ALIAS),
-        alias=ALIAS,
-        host=config.mongodb_uri,
-        uuidRepresentation="standard",
-        tz_aware=True,
-        serverSelectionTimeoutMS=10_000,
-        appname="relive-executor",
-    )
-
-
 def create_server(config: Config) -> tuple[Server, int]:
     if not config.registry_endpoint or not config.recorder_endpoint:
         raise FailedPrecondition(
             "the executor needs RELIVE_REGISTRY_ENDPOINT and RELIVE_RECORDER_ENDPOINT",
             field="RELIVE_REGISTRY_ENDPOINT",
         )
-    _connect_store(config)
+    connect(config, ALIAS)
     ray = init_ray(config)
     registry = Registry(config.registry_endpoint)
     recorder = Recorder(config.recorder_endpoint)
@@ -107,7 +85,7 @@ def create_server(config: Config) -> tuple[Server, int]:
     )
     server.add_stop_hook(registry.close)
     server.add_stop_hook(recorder.close)
-    server.add_stop_hook(lambda: mongoengine.disconnect(alias=ALIAS))
+    server.add_stop_hook(lambda: disconnect(ALIAS))
     server.add_stop_hook(service.shutdown)
     server.service = service  # type: ignore[attr-defined]
     return server, server.port

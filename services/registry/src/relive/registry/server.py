@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from relive.core.config import Config
-from relive.core.mongo import connect
+from relive.core.mongo import connect, disconnect
 from relive.core.serving import Server, build_server, run_service
 from relive.registry.service import RegistryService
 from relive.registry.servicer import RegistryServicer
@@ -17,7 +17,7 @@ SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_
 
 def create_server(config: Config) -> tuple[Server, int]:
     """A registry server bound to ``config.port`` (0: any free port); call ``start()`` on it."""
-    client = connect(config, "registry")
+    connect(config, "registry")
     service = RegistryService(RegistryStore(), config.code_path)
     servicer = RegistryServicer(service)
 
@@ -25,7 +25,7 @@ def create_server(config: Config) -> tuple[Server, int]:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
 
     server = build_server(config, register, [SERVICE_NAME])
-    server.add_stop_hook(client.close)
+    server.add_stop_hook(lambda: disconnect("registry"))
     return server, server.port
 
 
