@@ -209,3 +209,46 @@ def test_tls_serves_only_clients_that_trust_the_certificate(
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop(0.1)
+
+
+def test_a_callers_hlc_in_baggage_moves_the_servers_clock_past_it(probe: grpc.Channel) -> None:
+    from relive import hlc
+
+    ahead = hlc.Stamp(hlc.wall_ms() + 3_600_000, 7)  # a caller whose clock runs an hour ahead
+    rpc = probe.unary_unary(f"/{SERVICE}/WhoAmI", None, None)
+    rpc(b"", timeout=5, metadata=(("baggage", f"other=1,{hlc.BAGGAGE_KEY}={ahead.encode()}"),))
+    assert hlc.now() > ahead
+
+
+def test_sdk_channels_send_the_hlc_and_trace_context() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from relive import hlc
+
+    seen: list[tuple[tuple[str, str], ...]] = []
+
+    class Spy(grpc.ServerInterceptor):
+        def intercept_service(self, continuation: Any, details: Any) -> Any:
+            seen.append(tuple(details.invocation_metadata))
+            return continuation(details)
+
+    server = build_server(
+        Config(grace_s=0.1),
+        lambda s: s.add_generic_rpc_handlers((_handlers({}),)),
+        [SERVICE],
+        interceptors=[Spy()],
+    )
+    server.start()
+    tracer = TracerProvider().get_tracer("test")
+    try:
+        with connect_channel(f"127.0.0.1:{server.port}", environ={}) as channel:
+            before = hlc.now()
+            with tracer.start_as_current_span("caller") as span:
+                _call(channel, "WhoAmI")
+            trace_id = format(span.get_span_context().trace_id, "032x")
+    finally:
+        server.stop(0.1)
+    metadata = dict(seen[-1])
+    assert trace_id in metadata["traceparent"]
+    sent = hlc.Stamp.decode(metadata["baggage"].split(f"{hlc.BAGGAGE_KEY}=")[1].split(",")[0])
+    assert sent > before

@@ -104,39 +104,65 @@ def connect_channel(
         channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         if token:
             interceptors.append(_MetadataInterceptor((("authorization", f"Bearer {token}"),)))
-    return grpc.intercept_channel(_traced(channel), _HlcBaggage(), *interceptors)
+    return grpc.intercept_channel(channel, _TraceContext(), *interceptors)
 
 
-def _traced(channel: grpc.Channel) -> grpc.Channel:
-    """OpenTelemetry's client interceptor: calls join the caller's trace, and its context
-    (with the HLC in baggage) travels to the server."""
-    from opentelemetry.instrumentation.grpc import client_interceptor, filters, intercept_channel
-
-    interceptor = client_interceptor(filter_=filters.negate(filters.health_check()))
-    return intercept_channel(channel, interceptor)
-
-
-class _HlcBaggage(
+class _TraceContext(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Puts this process's HLC in the call's baggage, so the server's clock moves past it and
-    whatever the server records after the call sorts after what this process did before it."""
+    """A CLIENT span per call, with the trace context and this process's HLC (as baggage)
+    injected into the call's metadata, so the server's span and clock follow the caller.
+
+    OpenTelemetry's own client interceptor turns streaming calls into plain generators, which
+    loses ``cancel()`` that live tails need; this one keeps grpc's call objects and ends the
+    span from ``add_done_callback``. Health checks make no spans.
+    """
 
     def _call(self, continuation: Any, details: Any, request: Any) -> Any:
-        from opentelemetry import baggage
+        from opentelemetry import baggage, propagate, trace
         from opentelemetry import context as otel_context
+        from opentelemetry.trace import SpanKind, Status, StatusCode
 
         from relive import hlc
 
+        method = str(details.method)
         ctx = baggage.set_baggage(hlc.BAGGAGE_KEY, hlc.now().encode())
+        span = None
+        if not method.startswith("/grpc.health."):
+            tracer = trace.get_tracer("relive.client")
+            span = tracer.start_span(
+                method.lstrip("/"),
+                context=ctx,
+                kind=SpanKind.CLIENT,
+                attributes={"rpc.system": "grpc", "rpc.method": method},
+            )
+            ctx = trace.set_span_in_context(span, ctx)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=ctx)
+        metadata = tuple(details.metadata or ()) + tuple(carrier.items())
         token = otel_context.attach(ctx)
         try:
-            return continuation(details, request)
+            call = continuation(details._replace(metadata=metadata), request)
+        except Exception:
+            if span is not None:
+                span.set_status(Status(StatusCode.ERROR))
+                span.end()
+            raise
         finally:
             otel_context.detach(token)
+        if span is not None:
+
+            def done(finished: Any) -> None:
+                code = finished.code()
+                if code is not None and code != grpc.StatusCode.OK:
+                    span.set_status(Status(StatusCode.ERROR, str(code.name)))
+                span.end()
+
+            call.add_done_callback(done)
+        return call
 
     def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
