@@ -92,6 +92,43 @@ def _is_abort(context: grpc.ServicerContext) -> bool:
     return bool(getattr(getattr(context, "_state", None), "aborted", False))
 
 
+class _Malformed:
+    """Stands in for a request whose bytes did not parse, so the handler can refuse it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """grpc answers a request it cannot deserialize with INTERNAL; this defers the failure to
+    the handler, which answers INVALID_ARGUMENT instead (a client's bug, not the server's)."""
+    if deserializer is None:
+        return None
+
+    def inner(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as e:  # DecodeError, invalid UTF-8 in a string field, ...
+            return _Malformed(e)
+
+    return inner
+
+
+def _parsed(request: Any, streaming: bool) -> Any:
+    def check(message: Any) -> Any:
+        if isinstance(message, _Malformed):
+            raise errors.InvalidArgument(
+                f"the request is not a valid protobuf message: {message.error}",
+                field="request",
+                reason="MALFORMED_REQUEST",
+            )
+        return message
+
+    if not streaming:
+        return check(request)
+    return (check(message) for message in request)
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps ReliveError to its status code; anything else is logged and answered INTERNAL."""
 
@@ -105,10 +142,12 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             return None
         method = handler_call_details.method
 
+        streaming = bool(handler.request_streaming)
+
         def wrap_unary(fn: Callable[..., Any]) -> Callable[..., Any]:
             def inner(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
-                    return fn(request, context)
+                    return fn(_parsed(request, streaming), context)
                 except Exception as exc:
                     if _is_abort(context):
                         raise
@@ -119,7 +158,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         def wrap_stream(fn: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
             def inner(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 try:
-                    yield from fn(request, context)
+                    yield from fn(_parsed(request, streaming), context)
                 except Exception as exc:
                     if _is_abort(context):
                         raise
@@ -127,30 +166,33 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
             return inner
 
-        return _wrap_behaviors(handler, wrap_unary, wrap_stream)
+        return _wrap_behaviors(handler, wrap_unary, wrap_stream, _tolerant)
 
 
 def _wrap_behaviors(
     handler: grpc.RpcMethodHandler,
     unary: Callable[[Callable[..., Any]], Callable[..., Any]],
     stream: Callable[[Callable[..., Iterator[Any]]], Callable[..., Iterator[Any]]],
+    deserializer: Callable[[Any], Any] = lambda d: d,
 ) -> grpc.RpcMethodHandler:
-    """Rebuilds ``handler`` with each behaviour wrapped; responses that stream use ``stream``."""
+    """Rebuilds ``handler`` with each behaviour wrapped; responses that stream use ``stream``.
+    ``deserializer`` wraps the request deserializer."""
+    request_deserializer = deserializer(handler.request_deserializer)
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+            unary(handler.unary_unary), request_deserializer, handler.response_serializer
         )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+            stream(handler.unary_stream), request_deserializer, handler.response_serializer
         )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+            unary(handler.stream_unary), request_deserializer, handler.response_serializer
         )
     if handler.stream_stream:
         return grpc.stream_stream_rpc_method_handler(
-            stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+            stream(handler.stream_stream), request_deserializer, handler.response_serializer
         )
     return handler
 
