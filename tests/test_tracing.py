@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - fixtures are imported from tests/executor_fixtures.py
 """Traces in the timeline: OTLP from any OpenTelemetry SDK, and relive's own spans."""
 
 from __future__ import annotations
@@ -7,13 +8,16 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import grpc
 from test_recorder_support import create_ion
 
 from relive.client.recorder import RecorderClient
 from relive.core.serving import Server
+from relive.executor.v1 import executor_pb2 as pb
 from relive.recorder.v1 import event_pb2
+from tests.executor_fixtures import Stack, ray_session, stack  # noqa: F401
 
 FOREIGN_CLIENT = textwrap.dedent(
     """
@@ -126,3 +130,58 @@ def test_events_recorded_inside_a_span_carry_it_without_help(
     assert events["inside"].trace_id == format(ctx.trace_id, "032x")
     assert events["inside"].span_id == format(ctx.span_id, "016x")
     assert events["outside"].trace_id == "" and events["outside"].span_id == ""
+
+
+def test_a_run_is_one_trace_whose_span_tree_matches_the_ion(stack: Stack, tmp_path: Path) -> None:
+    from relive.cli.trace import build_tree
+
+    script = tmp_path / "component.py"
+    script.write_text(
+        "import json, os\n"
+        "trace = os.environ['TRACEPARENT'].split('-')\n"
+        "print(json.dumps({'stat': 'trace_seen', 'value': 1}))\n"
+        "print('traceparent', os.environ['TRACEPARENT'])\n"
+    )
+    path = tmp_path / "traced.yaml"
+    path.write_text(
+        textwrap.dedent(f"""
+        name: traced-run
+        nodes:
+          train:
+            pipeline:
+              components:
+                load: {{call: examples.patterns.steps:load, params: {{dataset: iris}}}}
+                fit:
+                  call: examples.patterns.steps:fit
+                  after: [load]
+                  params: {{model: forest, n_estimators: 5}}
+              outputs: {{model: fit}}
+          shell:
+            pipeline:
+              components:
+                run: {{command: ["{sys.executable}", "{script}"]}}
+        edges:
+          - {{from: train, to: shell, carries: model}}
+        """)
+    )
+    ion = stack.register(path)
+    run = stack.run_to_end(ion, seed=5)
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error_message
+    events = list(stack.recorder.list_events(ion, runs=[run.name]))
+    # Every span and every event of the run shares the run's one trace id.
+    assert run.trace_id and {e.trace_id for e in events} == {run.trace_id}
+    roots = build_tree([e for e in events if e.trace_id == run.trace_id])
+    assert [r.label.split(" ")[0:2] for r in roots] == [["run", run.name]]
+    nodes = {c.span.span.name: c for c in roots[0].children if c.span is not None}
+    assert all(c.span is not None for n in nodes.values() for c in n.children)
+    assert set(nodes) == {"node train", "node shell"}
+    components = {n: {c.label.split(" ")[1] for c in nodes[n].children} for n in nodes}
+    assert components == {
+        "node train": {"train.load", "train.fit"},
+        "node shell": {"shell.run"},
+    }
+    # The command component got the component span as its TRACEPARENT parent.
+    shell_run = next(c for c in nodes["node shell"].children)
+    printed = [e.log.message for e in shell_run.events if e.type == "log"]
+    assert any(f"00-{run.trace_id}-{shell_run.span_id}-01" in line for line in printed)
+    assert any(e.type == "stat" and e.stat.name == "trace_seen" for e in shell_run.events)

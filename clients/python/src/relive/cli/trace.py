@@ -54,19 +54,16 @@ def build_tree(events: list[event_pb2.Event]) -> list[SpanNode]:
             nodes[span_id] = SpanNode(span_id)
         return nodes[span_id]
 
+    # span id -> parent span id, in order of first appearance.
     parents: dict[str, str] = {}
-    order: list[str] = []
     for e in events:
         if e.kind == event_pb2.EVENT_KIND_SPAN:
-            n = node(e.span_id)
-            n.span = e
+            node(e.span_id).span = e
             parents[e.span_id] = e.span.parent_span_id
-            order.append(e.span_id)
         else:
             node(e.span_id).events.append(e)
-            if e.span_id not in parents:
-                parents[e.span_id] = ""
-                order.append(e.span_id)
+            parents.setdefault(e.span_id, "")
+    order = list(parents)
     roots: list[SpanNode] = []
     children: dict[str, list[str]] = defaultdict(list)
     for span_id in order:

@@ -7,10 +7,9 @@ a list in tests and into the recorder in a run.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from google.protobuf import json_format, struct_pb2
@@ -82,6 +81,8 @@ class EventFactory:
         component: str = "",
         trace_id: str = "",
         clock: Clock | None = None,
+        span_id: str = "",
+        span_of: Callable[[str, str], str] | None = None,
     ) -> None:
         self.ion = ion
         self.run = run
@@ -89,11 +90,17 @@ class EventFactory:
         self.component = component
         self.trace_id = trace_id
         self.clock = clock or Clock()
+        # The span an event belongs to: fixed, or looked up by (node, component).
+        self.span_id = span_id
+        self.span_of = span_of
 
     def make(self, type_: str, *, node: str | None = None, component: str | None = None) -> Event:
         ms, logical = self.clock.now()
         ts = Timestamp()
         ts.GetCurrentTime()
+        node = self.node if node is None else node
+        component = self.component if component is None else component
+        span_id = self.span_of(node, component) if self.span_of else self.span_id
         return Event(
             ion=self.ion,
             event_id=uuid.uuid4().hex,
@@ -101,11 +108,37 @@ class EventFactory:
             time=ts,
             type=type_,
             run=self.run,
-            node=self.node if node is None else node,
-            component=self.component if component is None else component,
+            node=node,
+            component=component,
             trace_id=self.trace_id,
-            span_id=os.urandom(8).hex(),
+            span_id=span_id,
         )
+
+    def span(
+        self,
+        name: str,
+        span_id: str,
+        parent_span_id: str,
+        start: tuple[tuple[int, int], Timestamp],
+        error: str = "",
+        **where: str,
+    ) -> Event:
+        """A finished span of the run's trace, placed in the timeline where it started."""
+        e = self.make("span", **where)
+        (ms, logical), started = start
+        e.hlc.physical_ms, e.hlc.logical = ms, logical
+        e.time.CopyFrom(started)
+        e.span_id = span_id
+        e.span.name = name
+        e.span.parent_span_id = parent_span_id
+        e.span.start_time.CopyFrom(started)
+        e.span.end_time.GetCurrentTime()
+        e.span.span_kind = 1  # INTERNAL
+        e.span.service_name = "relive-executor"
+        if error:
+            e.span.status_code = 2  # ERROR
+            e.span.status_message = error[:1000]
+        return e
 
     def lifecycle(
         self, type_: str, state: str, details: Mapping[str, Any] | None = None, **where: str

@@ -63,6 +63,8 @@ class ComponentTask:
     registry: str = ""
     code_path: list[str] = field(default_factory=list)
     trace_id: str = ""
+    # The component's span in the run's trace (the explicit carrier across the Ray hop).
+    span_id: str = ""
     hlc: tuple[int, int] = (0, 0)
     # Streaming: the batch to score, drawn from the source component's data.
     batch_index: int | None = None
@@ -150,7 +152,9 @@ def execute(
             sink = RecorderSink(task.recorder, task.ion)
     if store is None:
         store = RegistryModelStore(task.registry) if task.registry else MemoryModelStore()
-    factory = EventFactory(task.ion, task.run, task.node, task.label, task.trace_id)
+    factory = EventFactory(
+        task.ion, task.run, task.node, task.label, task.trace_id, span_id=task.span_id
+    )
     factory.clock.observe(*task.hlc)
     batch = labels = None
     if task.batch_index is not None and task.source:
@@ -259,7 +263,7 @@ def _run_command(
 ) -> Any:
     """Runs a command component in any language. It gets RELIVE_* variables and TRACEPARENT;
     stdout lines that are JSON objects with "stat" and "value" are recorded as stats."""
-    span = os.urandom(8).hex()
+    span = task.span_id or os.urandom(8).hex()
     env = dict(os.environ)
     env.update(
         {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import traceback
@@ -123,7 +124,12 @@ def _ancestors(pipeline: registry_pb2.Pipeline, comp: str) -> list[str]:
 
 class RunExecution:
     def __init__(
-        self, run: pb.Run, env: RunEnv, replay: Replay, on_change: Callable[[pb.Run], None]
+        self,
+        run: pb.Run,
+        env: RunEnv,
+        replay: Replay,
+        on_change: Callable[[pb.Run], None],
+        run_span: str = "",
     ) -> None:
         self.run = run
         self.env = env
@@ -132,7 +138,14 @@ class RunExecution:
         self.spec = run.spec
         self.definition = run.spec.definition
         self.ion = "/".join(run.name.split("/")[:2])
-        self.factory = EventFactory(self.ion, run.name, trace_id=run.trace_id)
+        # The run's trace: a span for the run, one per node, one per component.
+        self.run_span = run_span or os.urandom(8).hex()
+        self._node_spans: dict[str, str] = {}
+        self._span_starts: dict[str, tuple[tuple[int, int], Timestamp]] = {}
+        self._task_of: dict[Any, ComponentTask] = {}
+        self.factory = EventFactory(
+            self.ion, run.name, trace_id=run.trace_id, span_of=self._span_of
+        )
         self.deps = policies.dependencies(self.definition)
         self.order = policies.topo_order(self.deps)
         self._lock = threading.RLock()
@@ -190,6 +203,27 @@ class RunExecution:
     def _emit(self, event: Any) -> None:
         self.env.sink.emit(event)
 
+    # ----- the run's trace
+
+    def _span_of(self, node: str, component: str) -> str:
+        """Run-level events belong to the run's span, node events to the node's."""
+        with self._lock:
+            return self._node_spans.get(node, self.run_span) if node else self.run_span
+
+    def _open_span(self, span_id: str) -> None:
+        started = Timestamp()
+        started.GetCurrentTime()
+        with self._lock:
+            self._span_starts[span_id] = (tuple(self.factory.clock.now()), started)  # type: ignore[assignment]
+
+    def _close_span(
+        self, name: str, span_id: str, parent: str, error: str = "", **where: str
+    ) -> None:
+        with self._lock:
+            start = self._span_starts.pop(span_id, None)
+        if start is not None:
+            self._emit(self.factory.span(name, span_id, parent, start, error, **where))
+
     def _changed(self) -> None:
         self._on_change(self.run)
 
@@ -212,8 +246,14 @@ class RunExecution:
             n.state = state  # type: ignore[assignment]
             if state == pb.RUN_STATE_RUNNING and not n.HasField("start_time"):
                 n.start_time.CopyFrom(now_ts())
+                self._node_spans[name] = os.urandom(8).hex()
+                self._open_span(self._node_spans[name])
             if state in (pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED):
                 n.end_time.CopyFrom(now_ts())
+                if name in self._node_spans:
+                    self._close_span(
+                        f"node {name}", self._node_spans[name], self.run_span, error, node=name
+                    )
             if error:
                 n.error_message = error
             if executed is not None:
@@ -236,6 +276,7 @@ class RunExecution:
     # ----- the run
 
     def _main(self) -> None:
+        self._open_span(self.run_span)
         try:
             with self._lock:
                 self.run.state = pb.RUN_STATE_RUNNING
@@ -280,6 +321,9 @@ class RunExecution:
             pb.RUN_STATE_CANCELLED: "run.cancelled",
         }
         kind = ends[state]
+        for node, span_id in list(self._node_spans.items()):
+            self._close_span(f"node {node}", span_id, self.run_span, error, node=node)
+        self._close_span(f"run {self.run.name}", self.run_span, "", error)
         if state == pb.RUN_STATE_SUCCEEDED:
             self._emit(self.factory.lifecycle(kind, "SUCCEEDED"))
         else:
@@ -461,17 +505,20 @@ class RunExecution:
             registry=self.env.registry,
             code_path=self.env.code_path,
             trace_id=self.run.trace_id,
+            span_id=os.urandom(8).hex(),
             hlc=self.factory.clock.now(),
             return_events=True,
         )
 
     def _submit(self, task: ComponentTask, upstream: Mapping[str, Any]) -> Any:
+        self._open_span(task.span_id)
         names = sorted(upstream)
         ref = self.env.remote.options(name=f"{task.node}.{task.label}").remote(
             task, names, *[upstream[n] for n in names]
         )
         with self._lock:
             self._inflight.add(ref)
+            self._task_of[ref] = task
         return ref
 
     def _get(self, ref: Any) -> ComponentResult:
@@ -493,12 +540,30 @@ class RunExecution:
             except (ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError) as e:
                 self._check()
                 raise ComponentFailed(f"a Ray task stopped: {type(e).__name__}") from None
+        except ComponentFailed as failed:
+            self._close_component_span(ref, str(failed))
+            raise
         finally:
             with self._lock:
                 self._inflight.discard(ref)
         self.factory.clock.observe(*result.hlc)
+        self._close_component_span(ref)
         self._forward(result.events)
         return result
+
+    def _close_component_span(self, ref: Any, error: str = "") -> None:
+        with self._lock:
+            task = self._task_of.pop(ref, None)
+        if task is not None:
+            parent = self._span_of(task.node, "")
+            self._close_span(
+                f"component {task.node}.{task.label}",
+                task.span_id,
+                parent,
+                error,
+                node=task.node,
+                component=task.label,
+            )
 
     def _forward(self, events: list[bytes]) -> None:
         """Appends the events a component handed back, in the executor's batches."""

@@ -407,7 +407,9 @@ class ExecutorService:
             run.nodes.add(node=node_id, state=pb.RUN_STATE_PENDING)
         self.store.create(run, ion, number, request_key)
         sink = self._sink(f"ions/{ion}")
-        factory = EventFactory(f"ions/{ion}", name, trace_id=run.trace_id)
+        # run.launched opens the run's trace: it belongs to the run's span.
+        run_span = os.urandom(8).hex()
+        factory = EventFactory(f"ions/{ion}", name, trace_id=run.trace_id, span_id=run_span)
         sink.emit(
             factory.lifecycle(
                 "run.launched",
@@ -431,8 +433,7 @@ class ExecutorService:
             ray=self.ray,
             allow_drift=allow_drift,
         )
-        ex = RunExecution(run, env, replay, self._on_change)
-        ex.factory = factory
+        ex = RunExecution(run, env, replay, self._on_change, run_span=run_span)
         with self._lock:
             self._active[name] = ex
         ex.start()
