@@ -641,10 +641,6 @@ def test_valid_but_odd_launches_are_answered_and_end(deployment: Deployment) -> 
     assert_serving(deployment)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the recorder does not register its OTLP TraceService (recorder/server.py)",
-)
 def test_fuzz_otlp_export(deployment: Deployment) -> None:
     """The recorder's OpenTelemetry TraceService, fuzzed like the rest."""
     method = OTLP.methods_by_name["Export"]
