@@ -11,7 +11,7 @@ export UV_PYTHON := $(PYTHON)
 PY_SRC := clients/python/src services/core/src services/registry/src services/recorder/src services/executor/src
 PROTO_OUT := clients/python/src
 
-.PHONY: run test setup browser lock protos lint check-protos compose-config bench clean
+.PHONY: run test setup browser screenshots lock protos lint check-protos compose-config bench clean
 
 run: setup
 	$(VENV)/bin/relive demo
@@ -69,6 +69,10 @@ compose-config:
 	@if command -v docker >/dev/null && docker compose version >/dev/null 2>&1; then \
 	  docker compose -f docker-compose.yml config --quiet && echo "docker-compose.yml: ok"; \
 	else echo "docker compose not found: docker-compose.yml not checked"; fi
+
+# Refreshes the console screenshots in docs/ from a real browser session.
+screenshots: setup
+	RELIVE_SCREENSHOT_DIR=$(CURDIR)/docs $(VENV)/bin/pytest -q tests/test_console.py tests/test_console_scale.py
 
 bench: setup
 	$(UV) sync --frozen --all-packages --group bench

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,7 +36,8 @@ from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DOCS = REPO_ROOT / "docs"
+# Screenshots of each main screen; `make screenshots` writes them into docs/.
+DOCS = Path(os.environ.get("RELIVE_SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "relive-shots")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -169,7 +172,7 @@ def page(env: Env) -> Iterator[Any]:
 
 
 def _shot(page: Any, name: str) -> None:
-    DOCS.mkdir(exist_ok=True)
+    DOCS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(DOCS / name))
 
 
