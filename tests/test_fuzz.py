@@ -414,6 +414,7 @@ class Outcome:
     code: grpc.StatusCode
     details: str
     replies: int
+    last: bytes = b""
 
 
 def _serialize(msg: message.Message) -> bytes:
@@ -430,8 +431,8 @@ def invoke(
     replies = 0
     try:
         if not method.client_streaming and not method.server_streaming:
-            channel.unary_unary(path, ser, ident)(requests[0], timeout=UNARY_TIMEOUT_S)
-            replies = 1
+            last = channel.unary_unary(path, ser, ident)(requests[0], timeout=UNARY_TIMEOUT_S)
+            return Outcome(grpc.StatusCode.OK, "", 1, last)
         elif method.client_streaming and not method.server_streaming:
             channel.stream_unary(path, ser, ident)(iter(requests), timeout=UNARY_TIMEOUT_S)
             replies = 1
@@ -471,6 +472,10 @@ def check(
         grpc.StatusCode.CANCELLED,
         grpc.StatusCode.DEADLINE_EXCEEDED,
     )
+    if method.name == "AppendEvents" and outcome.code == grpc.StatusCode.OK:
+        # Every event rejected or a duplicate: a batch that stored nothing changes nothing.
+        answer = recorder_pb2.AppendEventsResponse.FromString(outcome.last)
+        refused = answer.stored_count == 0
     if refused:
         after = snapshot(d)
         changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
