@@ -185,3 +185,69 @@ def test_a_run_is_one_trace_whose_span_tree_matches_the_ion(stack: Stack, tmp_pa
     printed = [e.log.message for e in shell_run.events if e.type == "log"]
     assert any(f"00-{run.trace_id}-{shell_run.span_id}-01" in line for line in printed)
     assert any(e.type == "stat" and e.stat.name == "trace_seen" for e in shell_run.events)
+
+
+class _SlowExporter:
+    """A real in-memory exporter behind a slow link, like a busy collector."""
+
+    def __init__(self, delay_s: float, fail: bool = False) -> None:
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        self.inner = InMemorySpanExporter()
+        self.delay_s = delay_s
+        self.fail = fail
+
+    def export(self, spans: object) -> object:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        time.sleep(self.delay_s)
+        if self.fail:
+            return SpanExportResult.FAILURE
+        return self.inner.export(spans)  # type: ignore[arg-type]
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+def test_a_slow_exporter_slows_the_producer_instead_of_losing_spans() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from relive.tracing import BackpressureSpanProcessor
+
+    exporter = _SlowExporter(delay_s=0.01)
+    processor = BackpressureSpanProcessor(exporter, max_queue=64, max_batch=16)  # type: ignore[arg-type]
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    for i in range(2000):  # 30x the queue: the default BatchSpanProcessor would drop most
+        with tracer.start_as_current_span(f"s{i}"):
+            pass
+    assert processor.force_flush(60_000)
+    assert len(exporter.inner.get_finished_spans()) == 2000
+    assert processor.dropped == 0
+    provider.shutdown()
+
+
+def test_spans_that_cannot_be_exported_are_counted_and_reported() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from relive.tracing import BackpressureSpanProcessor
+
+    reported: list[int] = []
+    processor = BackpressureSpanProcessor(
+        _SlowExporter(delay_s=0, fail=True),  # type: ignore[arg-type]
+        export_attempts=2,
+        on_drop=reported.append,
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    for i in range(50):
+        with tracer.start_as_current_span(f"s{i}"):
+            pass
+    assert processor.force_flush(30_000)
+    assert processor.dropped == 50 and sum(reported) == 50
+    provider.shutdown()

@@ -61,14 +61,19 @@ class BackpressureSpanProcessor(SpanProcessor):
         if self._stop.is_set():
             self._drop(1)
             return
+        with self._lock:
+            self._in_flight += 1
         try:
             self._queue.put(span, timeout=self._block_timeout)
         except queue.Full:
+            with self._lock:
+                self._in_flight -= 1
             self._drop(1)
 
     def _drop(self, count: int) -> None:
         with self._lock:
             self.dropped += count
+            self._idle.notify_all()
         log.warning("dropped %d span(s); %d in all", count, self.dropped)
         if self._on_drop is not None:
             self._on_drop(count)
@@ -97,14 +102,12 @@ class BackpressureSpanProcessor(SpanProcessor):
 
     def _run(self) -> None:
         while True:
-            with self._lock:
-                self._in_flight = 1
             batch = self._take_batch()
             if batch:
                 self._export(batch)
-            with self._lock:
-                self._in_flight = 0
-                self._idle.notify_all()
+                with self._lock:
+                    self._in_flight -= len(batch)
+                    self._idle.notify_all()
             if self._stop.is_set() and self._queue.empty():
                 return
 
@@ -112,10 +115,11 @@ class BackpressureSpanProcessor(SpanProcessor):
         deadline = time.monotonic() + timeout_millis / 1000
         while time.monotonic() < deadline:
             with self._lock:
-                if self._queue.empty() and not self._in_flight:
+                # Spans queued or being exported; a failed export counts its spans as dropped.
+                if self._in_flight <= 0:
                     return True
                 self._idle.wait(0.05)
-        return self._queue.empty()
+        return False
 
     def shutdown(self) -> None:
         self.force_flush()
