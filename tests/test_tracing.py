@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -45,7 +48,10 @@ FOREIGN_CLIENT = textwrap.dedent(
 
 
 def test_spans_from_a_foreign_otel_client_land_with_their_parents(
-    registry_channel: grpc.Channel, recorder_server: Server, recorder_channel: grpc.Channel
+    registry_channel: grpc.Channel,
+    recorder_server: Server,
+    recorder_channel: grpc.Channel,
+    tmp_path: Path,
 ) -> None:
     ion = create_ion(registry_channel, "traced")
     env = {
@@ -79,6 +85,40 @@ def test_spans_from_a_foreign_otel_client_land_with_their_parents(
     # Causal order: a parent starts before its children.
     order = [e.span.name for e in spans]
     assert order.index("request") < order.index("fetch-features") < order.index("query-store")
+
+    # The export's spans.otlp.json reads back with the OTLP classes, parents intact.
+    import tarfile
+
+    from google.protobuf import json_format
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    start = min(e.span.start_time.ToDatetime(dt.UTC) for e in spans) - dt.timedelta(seconds=1)
+    capture = client.create_capture(ion, "traced", start, start + dt.timedelta(minutes=5))
+    path = tmp_path / "traced.tar.gz"
+    client.export_capture(capture.name, path)
+    with tarfile.open(path) as tar:
+        member = tar.extractfile("spans.otlp.json")
+        assert member is not None
+        otlp = json.loads(member.read())
+    # OTLP JSON writes ids as hex where protobuf's JSON mapping has base64 (OTLP spec).
+    for rs in otlp["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for span in ss["spans"]:
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if span.get(key):
+                        span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+    data = json_format.ParseDict(otlp, trace_pb2.TracesData())
+    exported = {
+        s.name: s
+        for rs in data.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+        if s.trace_id.hex() == trace_id
+    }
+    assert set(exported) == set(by_name)
+    for name, e in by_name.items():
+        assert exported[name].span_id.hex() == e.span_id
+        assert exported[name].parent_span_id.hex() == e.span.parent_span_id
 
 
 def test_spans_without_an_ion_are_reported_not_dropped_silently(
