@@ -22,21 +22,11 @@ from relive.console.server import ConsoleServer, serve
 from relive.core.config import Config
 from relive.core.stack import Stack
 from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
+from tests.test_console import CHROMIUM, CHROMIUM_ARGS
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 EVENTS = 100_000
 HOUR_MS = 3_600_000
 NODES = ["train", "approve", "infer", "infer_control", "canary"]
