@@ -393,21 +393,30 @@ def test_a_run_bar_shows_the_run_and_its_spec(env: Env, page: Any) -> None:
     page.click("#tabs [data-tab=events]")
     page.click('[data-preset="all"]')
     page.wait_for_function(f"S.hits.some(h => h.type === 'run' && h.run.run === '{run}')")
-    # A point of the run's bar that no event mark covers (marks win the hit test).
-    x, y = page.evaluate(
-        f"""(() => {{
-            const h = S.hits.find(h => h.type === 'run' && h.run.run === '{run}');
-            const y = (h.y0 + h.y1) / 2;
-            for (let x = h.x0 + 1; x <= h.x1 - 1; x += 1) {{
-                const got = hitAt(x, y);
-                if (got && got.type === 'run' && got.run.run === '{run}') return [x, y];
-            }}
-            return [(h.x0 + h.x1) / 2, y];
-        }})()"""
-    )
-    box = page.locator("#timeline").bounding_box()
-    page.mouse.click(box["x"] + x, box["y"] + y)
-    page.wait_for_selector(f'#details[data-loaded="{run}"]')
+    # A point of the run's bar that no event mark covers (marks win the hit test). The page
+    # may redraw between reading the layout and the click, so read it again and retry.
+    for attempt in range(3):
+        x, y = page.evaluate(
+            f"""(() => {{
+                const h = S.hits.find(h => h.type === 'run' && h.run.run === '{run}');
+                const y = (h.y0 + h.y1) / 2;
+                for (let x = h.x0 + 1; x <= h.x1 - 1; x += 1) {{
+                    const got = hitAt(x, y);
+                    if (got && got.type === 'run' && got.run.run === '{run}') return [x, y];
+                }}
+                return [(h.x0 + h.x1) / 2, y];
+            }})()"""
+        )
+        box = page.locator("#timeline").bounding_box()
+        page.mouse.click(box["x"] + x, box["y"] + y)
+        try:
+            page.wait_for_selector(f'#details[data-loaded="{run}"]', timeout=10_000)
+            break
+        except playwright_api.TimeoutError:
+            if attempt == 2:
+                raise
+            page.click('[data-preset="all"]')
+            page.wait_for_function(f"S.hits.some(h => h.type === 'run' && h.run.run === '{run}')")
     assert "SUCCEEDED" in page.inner_text("#details-title")
     spec = json.loads(page.inner_text("#details-spec"))
     assert spec["seed"] in ("1234", 1234)
