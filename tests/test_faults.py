@@ -88,7 +88,10 @@ def test_store_sigkilled_and_restarted_during_ingestion_loses_and_doubles_nothin
             t.join(300)
         stats = [s.close(timeout=300) for s in sinks]
         assert sum(s.failed for s in stats) == 0, [s.failures[:3] for s in stats]
-        assert sum(s.reconnects for s in stats) >= 1, "the kill did not reach the producers"
+        # The kill landed mid-ingestion. The outage may reach the producers (they reconnect)
+        # or be absorbed by the recorder's driver retrying its writes; either way, below,
+        # nothing acknowledged may be lost and nothing stored twice.
+        assert sum(acked_before) < PRODUCERS * PER_PRODUCER, "the kill came after ingestion"
         assert sum(sent) == PRODUCERS * PER_PRODUCER
 
         with RecorderClient(target, timeout=120) as client:
