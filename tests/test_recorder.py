@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import tarfile
 import threading
@@ -581,11 +582,21 @@ def test_the_periodic_sweep_runs_by_itself(
         client = RecorderClient(target(server))
         now = int(time.time() * 1000)
         client.append(ion, [event(now - 30 * 86_400_000, producer="old"), event(now)])
+        appended = dt.datetime.now(dt.UTC)
         deadline = time.monotonic() + 15
-        while len(list(client.list_events(ion))) != 1:
+
+        def swept() -> bool:
+            # The sweep deletes first and stamps last_sweep_time after, so wait for both.
+            policy = client.get_retention_policy(ion)
+            return (
+                len(list(client.list_events(ion))) == 1
+                and policy.HasField("last_sweep_time")
+                and policy.last_sweep_time.ToDatetime(dt.UTC) >= appended
+            )
+
+        while not swept():
             assert time.monotonic() < deadline, "the periodic sweep did not run"
             time.sleep(0.1)
-        assert client.get_retention_policy(ion).HasField("last_sweep_time")
     finally:
         server.stop(0.5)
 
