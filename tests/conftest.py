@@ -7,6 +7,8 @@ through its own database prefix, so tests never see each other's data.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +57,24 @@ def config(mongodb_uri: str, tmp_path: Path) -> Config:
         grace_s=0.5,
         max_workers=32,
     )
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for localhost and 127.0.0.1, made by openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return key, cert
 
 
 def _start(server: Server) -> Server:

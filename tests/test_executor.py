@@ -343,7 +343,7 @@ def test_runs_left_running_by_a_dead_executor_are_failed_on_start(stack: Stack) 
     store = RunStore()
     orphan = pb.Run(name="ions/ghost/runs/run-1", state=pb.RUN_STATE_RUNNING)
     orphan.nodes.add(node="n", state=pb.RUN_STATE_RUNNING)
-    store.create(orphan, "ghost", 1)
+    store.create(orphan, "ghost", "default", 1)
     stack.executor_server.stop(0.5)
     servers, again = start_stack(stack.config)
     try:

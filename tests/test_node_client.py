@@ -372,27 +372,12 @@ def test_node_component_reports_an_unknown_ion(
     assert done.stderr.count("\n") == 1, "one clear line, no stack trace"
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return key, cert
-
-
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH")
 def test_node_client_speaks_tls_with_a_bearer_token(
-    node_modules: Path, config: Config, tmp_path: Path
+    node_modules: Path, config: Config, tmp_path: Path, self_signed: tuple[Path, Path]
 ) -> None:
     from relive.recorder.server import create_server
 
-    key, cert = _self_signed(tmp_path)
+    key, cert = self_signed
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text("tokens:\n  tok-node: {user: node, project: polyglot, role: admin}\n")
     server, port = create_server(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,24 +179,10 @@ def test_auth_needs_a_valid_bearer_token(tmp_path: Path, behaviour: dict[str, An
         server.stop(0.1)
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return key, cert
-
-
 def test_tls_serves_only_clients_that_trust_the_certificate(
-    tmp_path: Path, behaviour: dict[str, Any]
+    self_signed: tuple[Path, Path], behaviour: dict[str, Any]
 ) -> None:
-    key, cert = _self_signed(tmp_path)
+    key, cert = self_signed
     server = _serve(Config(tls_cert=cert, tls_key=key, grace_s=0.1), behaviour)
     target = f"localhost:{server.port}"
     try:

@@ -98,6 +98,8 @@ export function resolveOptions(options = {}, env = process.env) {
     traceId: options.traceId ?? trace?.traceId ?? "",
     spanId: options.spanId ?? trace?.spanId ?? "",
     token: pick("token", "RELIVE_TOKEN"),
+    // The project a service token works for (sent as relive-project; ignored for other tokens).
+    project: pick("project", "RELIVE_PROJECT"),
     tlsCa: pick("tlsCa", "RELIVE_TLS_CA"),
     transport: options.transport || "stream",
     maxBatchEvents: options.maxBatchEvents ?? 500,

@@ -109,6 +109,7 @@ export class Recorder {
     } else if (o.token) {
       this._metadata.set("authorization", `Bearer ${o.token}`);
     }
+    if (o.project) this._metadata.set("relive-project", o.project);
     if (o.traceId && o.spanId) this._metadata.set("traceparent", `00-${o.traceId}-${o.spanId}-01`);
     this.client = new RecorderService(o.endpoint, credentials, {
       "grpc.max_send_message_length": 64 * 1024 * 1024,

@@ -7,7 +7,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -81,18 +81,25 @@ class _BearerAuth(grpc.AuthMetadataPlugin):
         callback((("authorization", f"Bearer {self._token}"),), None)
 
 
+PROJECT_METADATA = "relive-project"
+
+
 def connect_channel(
     target: str,
     *,
     token: str | None = None,
+    project: str | None = None,
     tls_ca: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> grpc.Channel:
-    """A channel to ``target``; RELIVE_TOKEN and RELIVE_TLS_CA are read when not given."""
+    """A channel to ``target``; RELIVE_TOKEN, RELIVE_PROJECT and RELIVE_TLS_CA are read when
+    not given. ``project`` is the project a service token works for (see docs/auth.md); the
+    services ignore it from anyone else."""
     env = os.environ if environ is None else environ
     token = token if token is not None else env.get("RELIVE_TOKEN") or None
+    project = project if project is not None else env.get("RELIVE_PROJECT") or None
     ca_path = tls_ca or (Path(env["RELIVE_TLS_CA"]) if env.get("RELIVE_TLS_CA") else None)
-    interceptors: list[Any] = []
+    metadata: list[tuple[str, str]] = [(PROJECT_METADATA, project)] if project else []
     if ca_path is not None:
         creds = grpc.ssl_channel_credentials(root_certificates=ca_path.read_bytes())
         if token:
@@ -103,8 +110,40 @@ def connect_channel(
     else:
         channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         if token:
-            interceptors.append(_MetadataInterceptor((("authorization", f"Bearer {token}"),)))
+            metadata.append(("authorization", f"Bearer {token}"))
+    interceptors: list[Any] = [_MetadataInterceptor(tuple(metadata))] if metadata else []
     return grpc.intercept_channel(channel, _TraceContext(), *interceptors)
+
+
+@dataclass(frozen=True)
+class Access:
+    """How to reach the services, and as whom: a token, the project a service token works
+    for, and the CA to trust. Plain strings, so that it rides a Ray task and a subprocess's
+    environment. Empty fields fall back to RELIVE_TOKEN, RELIVE_PROJECT and RELIVE_TLS_CA."""
+
+    token: str = field(default="", repr=False)
+    project: str = ""
+    tls_ca: str = ""
+
+    def connect(self, target: str) -> grpc.Channel:
+        return connect_channel(
+            target,
+            token=self.token or None,
+            project=self.project or None,
+            tls_ca=Path(self.tls_ca) if self.tls_ca else None,
+        )
+
+    def for_project(self, project: str) -> Access:
+        return replace(self, project=project)
+
+    def environ(self) -> dict[str, str]:
+        """The same access for a subprocess (any language's client reads these variables)."""
+        pairs = (
+            ("RELIVE_TOKEN", self.token),
+            ("RELIVE_PROJECT", self.project),
+            ("RELIVE_TLS_CA", self.tls_ca),
+        )
+        return {k: v for k, v in pairs if v}
 
 
 class _TraceContext(
@@ -191,7 +230,8 @@ class _MetadataInterceptor(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Adds a bearer token on plaintext channels (call credentials need TLS)."""
+    """Adds metadata to every call: the project, and the bearer token on plaintext channels
+    (call credentials need TLS)."""
 
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self._metadata = metadata

@@ -10,12 +10,15 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from relive import hlc
+
+if TYPE_CHECKING:
+    from relive.client.channel import Access
 from relive.recorder.v1 import event_pb2
 
 Event = event_pb2.Event
@@ -226,12 +229,17 @@ class RecorderSink:
     by the recorder through each event's id, so retries never double an event."""
 
     def __init__(
-        self, endpoint: str, ion: str, batch_size: int = 500, timeout: float = 30.0
+        self,
+        endpoint: str,
+        ion: str,
+        batch_size: int = 500,
+        timeout: float = 30.0,
+        access: Access | None = None,
     ) -> None:
-        from relive.client.channel import connect_channel
+        from relive.client.channel import Access
         from relive.recorder.v1 import recorder_pb2_grpc
 
-        self._channel = connect_channel(endpoint)
+        self._channel = (access or Access()).connect(endpoint)
         self._stub = recorder_pb2_grpc.RecorderServiceStub(self._channel)
         self._parent = ion
         self._batch_size = batch_size

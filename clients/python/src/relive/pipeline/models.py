@@ -14,9 +14,12 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from relive.client.channel import Access
 
 
 @dataclass(frozen=True)
@@ -81,11 +84,11 @@ class RegistryModelStore:
     _cache_lock = threading.Lock()
     CHUNK = 1 << 20
 
-    def __init__(self, endpoint: str, timeout: float = 60.0) -> None:
-        from relive.client.channel import connect_channel
+    def __init__(self, endpoint: str, timeout: float = 60.0, access: Access | None = None) -> None:
+        from relive.client.channel import Access
         from relive.registry.v1 import registry_pb2_grpc
 
-        self._channel = connect_channel(endpoint)
+        self._channel = (access or Access()).connect(endpoint)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._timeout = timeout
 

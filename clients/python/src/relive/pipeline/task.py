@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from relive.pipeline.context import RunContext
 from relive.pipeline.events import EventFactory, EventSink, ListSink, RecorderSink
 from relive.pipeline.models import MemoryModelStore, ModelStore, RegistryModelStore
 from relive.pipeline.seeds import derive_seed
+
+if TYPE_CHECKING:
+    from relive.client.channel import Access
 
 SYSTEM = {"system": "true"}
 
@@ -61,6 +64,8 @@ class ComponentTask:
     allow_drift: bool = False
     recorder: str = ""
     registry: str = ""
+    # As whom the component calls them: the launching user's token, never the executor's.
+    access: Access | None = None
     code_path: list[str] = field(default_factory=list)
     trace_id: str = ""
     # The component's span in the run's trace (the explicit carrier across the Ray hop).
@@ -149,9 +154,13 @@ def execute(
         if task.return_events or not task.recorder:
             sink = returned = ListSink()
         else:
-            sink = RecorderSink(task.recorder, task.ion)
+            sink = RecorderSink(task.recorder, task.ion, access=task.access)
     if store is None:
-        store = RegistryModelStore(task.registry) if task.registry else MemoryModelStore()
+        store = (
+            RegistryModelStore(task.registry, access=task.access)
+            if task.registry
+            else MemoryModelStore()
+        )
     factory = EventFactory(
         task.ion, task.run, task.node, task.label, task.trace_id, span_id=task.span_id
     )
@@ -282,6 +291,8 @@ def _run_command(
             "TRACEPARENT": f"00-{task.trace_id or os.urandom(16).hex()}-{span}-01",
         }
     )
+    if task.access is not None:
+        env.update(task.access.environ())
     proc = subprocess.run(
         task.command,
         env=env,

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from relive.client.channel import Access
+
 
 def _bool(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "on", "yes"}
@@ -41,6 +43,8 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # The CA a service trusts when it calls another over TLS.
+    tls_ca: Path | None = None
     # Directories searched for component code, in order.
     code_path: tuple[str, ...] = field(default_factory=lambda: (os.getcwd(),))
     # Bounds on input.
@@ -78,6 +82,7 @@ class Config:
         values["tls_cert"] = _path(env.get("RELIVE_TLS_CERT"))
         values["tls_key"] = _path(env.get("RELIVE_TLS_KEY"))
         values["tls_client_ca"] = _path(env.get("RELIVE_TLS_CLIENT_CA"))
+        values["tls_ca"] = _path(env.get("RELIVE_TLS_CA"))
         if v := env.get("RELIVE_CODE_PATH"):
             values["code_path"] = tuple(p for p in v.split(os.pathsep) if p)
         if v := env.get("RELIVE_MAX_EVENT_BYTES"):
@@ -88,6 +93,15 @@ class Config:
             values["retention_interval_s"] = float(v)
         values.update(overrides)
         return cls(**values)
+
+    def service_access(self, project: str = "") -> Access:
+        """How this service calls another: with the service token, trusting ``tls_ca``, for
+        ``project`` when it works on that project's behalf."""
+        return Access(
+            token=self.service_token or "",
+            project=project,
+            tls_ca=str(self.tls_ca) if self.tls_ca else "",
+        )
 
     def with_(self, **changes: Any) -> Config:
         return replace(self, **changes)

@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -33,6 +33,9 @@ class Identity:
     role: str = "member"
     # A service working for one project (see acting_for) sees only that project.
     scoped: bool = False
+    # The bearer token the caller presented: the executor hands it to the components of the
+    # caller's runs, so that they act as the caller (never as the executor's service token).
+    token: str = field(default="", repr=False, compare=False)
 
     @property
     def is_admin(self) -> bool:
@@ -58,7 +61,7 @@ class Identity:
 
     def acting_for(self, project: str) -> Identity:
         """A service working for ``project``: it sees and creates only there."""
-        return Identity(user=self.user, project=project, role=self.role, scoped=True)
+        return replace(self, project=project, scoped=True)
 
 
 LOCAL = Identity(user="local", project=DEFAULT_PROJECT, role="admin")
@@ -118,5 +121,7 @@ def load_tokens(path: Path) -> dict[str, Identity]:
                 "an id (lowercase letters, digits and '-', starting with a letter)",
                 field="RELIVE_AUTH_TOKENS_FILE",
             )
-        tokens[str(token)] = Identity(user=str(who["user"]), project=project, role=role)
+        tokens[str(token)] = Identity(
+            user=str(who["user"]), project=project, role=role, token=str(token)
+        )
     return tokens

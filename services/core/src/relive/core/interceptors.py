@@ -13,6 +13,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from relive import hlc
+from relive.client.channel import PROJECT_METADATA
 from relive.core import errors, identity, names
 
 log = logging.getLogger(__name__)
@@ -201,9 +202,8 @@ def _wrap_behaviors(
 PUBLIC_SERVICE_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
-# A service identity names here the project it works for (its caller's): it then sees and
-# creates only there. Everyone else's project comes from their token alone.
-PROJECT_METADATA = "relive-project"
+# A service identity names in PROJECT_METADATA the project it works for (its caller's): it
+# then sees and creates only there. Everyone else's project comes from their token alone.
 
 
 def _acting_for(who: identity.Identity, metadata: Any) -> identity.Identity:

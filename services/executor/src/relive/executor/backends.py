@@ -4,14 +4,16 @@ and captures from the recorder. Client-side errors become domain errors here."""
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
 from relive import errors as client_errors
-from relive.client.channel import call, connect_channel
-from relive.core import errors
+from relive.client.channel import PROJECT_METADATA, Access, call
+from relive.core import errors, identity
 from relive.pipeline.events import RecorderSink
 from relive.pipeline.models import RegistryModelStore
 from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
@@ -23,54 +25,108 @@ _MAP: dict[type[client_errors.ReliveError], type[errors.ReliveError]] = {
     client_errors.NotFound: errors.NotFound,
     client_errors.InvalidArgument: errors.InvalidArgument,
     client_errors.FailedPrecondition: errors.FailedPrecondition,
-    client_errors.PermissionDenied: errors.PermissionDenied,
     client_errors.AlreadyExists: errors.AlreadyExists,
 }
+
+
+def _domain_error(e: client_errors.ReliveError, what: str) -> errors.ReliveError:
+    if isinstance(e, client_errors.Unauthenticated | client_errors.PermissionDenied):
+        return errors.FailedPrecondition(
+            f"{what}: the service refused the executor's token ({e.message}); set "
+            "RELIVE_SERVICE_TOKEN to a token with role: service in the tokens file",
+            field="RELIVE_SERVICE_TOKEN",
+        )
+    cls = _MAP.get(type(e), errors.Unavailable)
+    return cls(f"{what}: {e.message}", field=e.field or None)
 
 
 def _domain(fn: Callable[[], T], what: str) -> T:
     try:
         return fn()
     except client_errors.ReliveError as e:
-        cls = _MAP.get(type(e), errors.Unavailable)
-        raise cls(f"{what}: {e.message}", field=e.field or None) from e
+        raise _domain_error(e, what) from e
+
+
+# How long an ION's project is trusted (as in the recorder: a deleted ION's id stays with its
+# project, so a cached answer can only be stale about existence).
+PROJECT_TTL_S = 30.0
+
+
+def _for(project: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata: the project the executor's service token works for on this call. The
+    registry and recorder then show and create only there."""
+    return ((PROJECT_METADATA, project),) if project else ()
 
 
 class Registry:
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self._channel = connect_channel(endpoint)
-        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
-        self.models = RegistryModelStore(endpoint)
+    """The registry, called with the executor's service access; each call that works for a
+    project names it, so the registry applies that project's visibility."""
 
-    def get_revision(self, name: str) -> registry_pb2.Revision:
-        return _domain(
-            lambda: call(self._stub.GetRevision, registry_pb2.GetRevisionRequest(name=name)), name
-        )
+    def __init__(self, endpoint: str, access: Access) -> None:
+        self.endpoint = endpoint
+        self.access = access
+        self._channel = access.connect(endpoint)
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._lock = threading.Lock()
+        self._projects: dict[str, tuple[str, float]] = {}
+        self._stores: dict[str, RegistryModelStore] = {}
+
+    def project_of(self, ion: str) -> str | None:
+        """The project of ``ions/{ion}``, or None when the registry does not know it. Asked with
+        the service token alone, which sees every project."""
+        cached = self._projects.get(ion)
+        if cached is not None and time.monotonic() - cached[1] < PROJECT_TTL_S:
+            return cached[0]
+        try:
+            found = call(self._stub.GetIon, registry_pb2.GetIonRequest(name=f"ions/{ion}"))
+        except client_errors.NotFound:
+            return None
+        except client_errors.ReliveError as e:
+            raise _domain_error(e, f"cannot look up ions/{ion}") from e
+        project = found.project or identity.DEFAULT_PROJECT
+        self._projects[ion] = (project, time.monotonic())
+        return project
+
+    def get_revision(self, name: str, project: str | None) -> registry_pb2.Revision:
+        get = functools.partial(self._stub.GetRevision, metadata=_for(project))
+        return _domain(lambda: call(get, registry_pb2.GetRevisionRequest(name=name)), name)
+
+    def models(self, project: str) -> RegistryModelStore:
+        """Model versions as ``project``: runs store their models there."""
+        with self._lock:
+            if project not in self._stores:
+                self._stores[project] = RegistryModelStore(
+                    self.endpoint, access=self.access.for_project(project)
+                )
+            return self._stores[project]
 
     def close(self) -> None:
         self._channel.close()
-        self.models.close()
+        with self._lock:
+            for store in self._stores.values():
+                store.close()
+            self._stores.clear()
 
 
 class Recorder:
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, access: Access) -> None:
         self.endpoint = endpoint
-        self._channel = connect_channel(endpoint)
+        self.access = access
+        self._channel = access.connect(endpoint)
         self._stub = recorder_pb2_grpc.RecorderServiceStub(self._channel)
 
-    def sink(self, ion: str) -> RecorderSink:
-        return RecorderSink(self.endpoint, ion)
+    def sink(self, ion: str, project: str) -> RecorderSink:
+        return RecorderSink(self.endpoint, ion, access=self.access.for_project(project))
 
-    def get_capture(self, name: str) -> Any:
-        return _domain(
-            lambda: call(self._stub.GetCapture, recorder_pb2.GetCaptureRequest(name=name)), name
-        )
+    def get_capture(self, name: str, project: str | None) -> Any:
+        get = functools.partial(self._stub.GetCapture, metadata=_for(project))
+        return _domain(lambda: call(get, recorder_pb2.GetCaptureRequest(name=name)), name)
 
     def events(
         self,
         ion: str,
         *,
+        project: str | None,
         runs: list[str] | None = None,
         types: list[str] | None = None,
         start: Any = None,
@@ -82,6 +138,7 @@ class Recorder:
             flt.start_time.CopyFrom(start)
         if end is not None:
             flt.end_time.CopyFrom(end)
+        list_events = functools.partial(self._stub.ListEvents, metadata=_for(project))
         token = ""
         while True:
             req = recorder_pb2.ListEventsRequest(
@@ -92,7 +149,7 @@ class Recorder:
                 page_token=token,
             )
             resp: recorder_pb2.ListEventsResponse = _domain(
-                functools.partial(call, self._stub.ListEvents, req), f"events of {ion}"
+                functools.partial(call, list_events, req), f"events of {ion}"
             )
             yield from resp.events
             token = resp.next_page_token

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from relive.client.channel import Access
+from relive.core.identity import DEFAULT_PROJECT
 from relive.executor import policies
 from relive.executor.v1 import executor_pb2 as pb
 from relive.pipeline.events import EventFactory, EventSink, struct_to_dict
@@ -77,6 +79,8 @@ class RunEnv:
     store: ModelStore
     remote: Any  # the Ray remote function that runs a component
     ray: Any  # the ray module
+    project: str = DEFAULT_PROJECT  # the run's (its ION's) project
+    access: Access | None = None  # what components call the services with
     allow_drift: bool = False
 
 
@@ -503,6 +507,7 @@ class RunExecution:
             allow_drift=self.env.allow_drift,
             recorder=self.env.recorder,
             registry=self.env.registry,
+            access=self.env.access,
             code_path=self.env.code_path,
             trace_id=self.run.trace_id,
             span_id=os.urandom(8).hex(),

@@ -62,10 +62,17 @@ def create_server(config: Config) -> tuple[Server, int]:
             "the executor needs RELIVE_REGISTRY_ENDPOINT and RELIVE_RECORDER_ENDPOINT",
             field="RELIVE_REGISTRY_ENDPOINT",
         )
+    if config.auth and not config.service_token:
+        raise FailedPrecondition(
+            "RELIVE_AUTH is on: the executor calls the registry and the recorder with "
+            "RELIVE_SERVICE_TOKEN, a token with role: service in the tokens file",
+            field="RELIVE_SERVICE_TOKEN",
+        )
     connect(config, ALIAS)
     ray = init_ray(config)
-    registry = Registry(config.registry_endpoint)
-    recorder = Recorder(config.recorder_endpoint)
+    access = config.service_access()
+    registry = Registry(config.registry_endpoint, access)
+    recorder = Recorder(config.recorder_endpoint, access)
     service = ExecutorService(
         store=RunStore(),
         registry=registry,
@@ -73,6 +80,7 @@ def create_server(config: Config) -> tuple[Server, int]:
         ray=ray,
         remote=remote_function(ray),
         code_path=config.code_path,
+        access=access,
     )
     recovered = service.recover()
     if recovered:

@@ -14,12 +14,14 @@ import random
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import yaml
 from google.protobuf import json_format, struct_pb2
 
-from relive.core import errors
+from relive.client.channel import Access
+from relive.core import errors, identity
 from relive.core.names import check_id, decode_token, encode_token, page_size, parse_name
 from relive.executor import drift, policies
 from relive.executor.backends import Recorder, Registry
@@ -71,8 +73,11 @@ class ExecutorService:
         ray: Any,
         remote: Callable[..., Any],
         code_path: Sequence[str],
+        access: Access | None = None,
     ) -> None:
         self.store = store
+        # The executor's own access (service token, CA); components get the caller's token.
+        self.access = access or Access()
         self.registry = registry
         self.recorder = recorder
         self.ray = ray
@@ -93,7 +98,7 @@ class ExecutorService:
     def recover(self) -> int:
         """Marks runs that a previous executor left unfinished as FAILED, with the reason."""
         count = 0
-        for run in self.store.unfinished():
+        for run, project in self.store.unfinished():
             if run.name in self._active:
                 continue
             run.state = pb.RUN_STATE_FAILED
@@ -105,7 +110,7 @@ class ExecutorService:
                     n.state = pb.RUN_STATE_CANCELLED
             self.store.save(run)
             try:
-                sink = self._sink(_ion_of(run.name))
+                sink = self._sink(_ion_of(run.name), project)
                 sink.emit(
                     EventFactory(_ion_of(run.name), run.name, trace_id=run.trace_id).error(
                         "run.failed", "ExecutorRestarted", RESTART_REASON
@@ -133,17 +138,49 @@ class ExecutorService:
             except Exception:
                 log.warning("could not flush events on shutdown", exc_info=True)
 
-    def _sink(self, ion: str) -> RecorderSink:
+    def _sink(self, ion: str, project: str) -> RecorderSink:
+        """The executor's own events of ``ion`` (an ION's project never changes)."""
         with self._lock:
             if ion not in self._sinks:
-                self._sinks[ion] = self.recorder.sink(ion)
+                self._sinks[ion] = self.recorder.sink(ion, project)
                 self._sinks[ion].flush_every(0.25)
             return self._sinks[ion]
+
+    # ----- who sees what: another project's IONs and runs do not exist for the caller
+
+    def _ion_project(self, ion: str, field: str) -> str:
+        """The project of ``ions/{ion}``; NotFound when the caller cannot see it. An ION since
+        deleted keeps the project of its runs."""
+        project = self.registry.project_of(ion) or self.store.project_of_ion(ion)
+        if project is None or not identity.current().sees(project):
+            raise errors.NotFound(f"ION ions/{ion} does not exist", field=field)
+        return project
+
+    def _run_project(self, name: str, field: str) -> str:
+        """The project of a run of this executor; NotFound when the caller cannot see it."""
+        with self._lock:
+            ex = self._active.get(name)
+        project = ex.env.project if ex is not None else self.store.project_of(name)
+        if project is None or not identity.current().sees(project):
+            raise errors.NotFound(f"run {name} does not exist", field=field)
+        return project
+
+    def _recorded_run_project(self, name: str, field: str) -> str:
+        """As _run_project, for a run that may be known only by its events (an import)."""
+        if self.store.project_of(name) is None and name not in self._active:
+            return self._ion_project(parse_name(name, RUN_PATTERN, field)["ion"], field)
+        return self._run_project(name, field)
+
+    def _delegated(self, project: str) -> Access:
+        """What a run's components call the services with: the caller's own token, so that
+        user code never holds the executor's service token."""
+        return replace(self.access, token=identity.current().token, project=project)
 
     # ----- runs
 
     def get(self, name: str) -> pb.Run:
         parse_name(name, RUN_PATTERN)
+        self._run_project(name, "name")
         with self._lock:
             ex = self._active.get(name)
         if ex is not None:
@@ -156,6 +193,7 @@ class ExecutorService:
 
     def list(self, parent: str, size: int, token: str) -> tuple[list[pb.Run], str]:
         ion = parse_name(parent, "ions/{ion}", "parent")["ion"]
+        self._ion_project(ion, "parent")
         limit = page_size(size)
         cursor = decode_token(token, {"parent": parent}).get("before")
         rows = self.store.list_runs(ion, limit + 1, cursor)
@@ -207,6 +245,8 @@ class ExecutorService:
                 yield run
 
     def approve(self, run_name: str, node: str, approve: bool, comment: str, user: str) -> pb.Run:
+        parse_name(run_name, RUN_PATTERN, "run")
+        self._run_project(run_name, "run")
         run = self.get(run_name)
         if node not in run.spec.definition.nodes:
             raise errors.NotFound(f"run {run_name} has no node {node!r}", field="node")
@@ -270,6 +310,7 @@ class ExecutorService:
         request_id: str,
     ) -> pb.Run:
         ion = parse_name(parent, "ions/{ion}", "parent")["ion"]
+        project = self._ion_project(ion, "parent")
         request_key = f"{ion}:{request_id}" if request_id else ""
         if request_key and (existing := self.store.by_request(request_key)):
             return self._fresh(existing)
@@ -279,7 +320,7 @@ class ExecutorService:
             )
         rev_name = f"{parent}/revisions/{revision_id or 'latest'}"
         try:
-            revision = self.registry.get_revision(rev_name)
+            revision = self.registry.get_revision(rev_name, project)
         except errors.NotFound as e:
             what = f"revision {revision_id}" if revision_id else "any revision"
             raise errors.NotFound(
@@ -299,7 +340,7 @@ class ExecutorService:
         self._resolve_datasets(spec)
         spec.launch_number = self.store.next_number(f"launch:{ion}")
         self._pin_scheduled(spec, ion)
-        return self._start(ion, spec, Replay(), request_key=request_key)
+        return self._start(ion, project, spec, Replay(), request_key=request_key)
 
     def _resolve_params(
         self,
@@ -383,6 +424,7 @@ class ExecutorService:
     def _start(
         self,
         ion: str,
+        project: str,
         spec: pb.LaunchSpec,
         replay: Replay,
         *,
@@ -405,8 +447,8 @@ class ExecutorService:
         run.create_time.CopyFrom(now_ts())
         for node_id in sorted(spec.definition.nodes):
             run.nodes.add(node=node_id, state=pb.RUN_STATE_PENDING)
-        self.store.create(run, ion, number, request_key)
-        sink = self._sink(f"ions/{ion}")
+        self.store.create(run, ion, project, number, request_key)
+        sink = self._sink(f"ions/{ion}", project)
         # run.launched opens the run's trace: it belongs to the run's span.
         run_span = os.urandom(8).hex()
         factory = EventFactory(f"ions/{ion}", name, trace_id=run.trace_id, span_id=run_span)
@@ -428,9 +470,11 @@ class ExecutorService:
             registry=self.registry.endpoint,
             code_path=self.code_path,
             sink=sink,
-            store=self.registry.models,
+            store=self.registry.models(project),
             remote=self.remote,
             ray=self.ray,
+            project=project,
+            access=self._delegated(project),
             allow_drift=allow_drift,
         )
         ex = RunExecution(run, env, replay, self._on_change, run_span=run_span)
@@ -448,10 +492,12 @@ class ExecutorService:
             raise errors.InvalidArgument("give exactly one of run or capture", field="source")
         if run:
             ion = parse_name(run, RUN_PATTERN, "run")["ion"]
-            spec, original = self._spec_of_run(run)
+            project = self._recorded_run_project(run, "run")
+            spec, original = self._spec_of_run(run, project)
         else:
             ion = parse_name(capture, "ions/{ion}/captures/{capture}", "capture")["ion"]
-            spec, original = self._spec_of_capture(capture)
+            project = self._ion_project(ion, "capture")
+            spec, original = self._spec_of_capture(capture, project)
         request_key = f"{ion}:relaunch:{request_id}" if request_id else ""
         if request_key and (existing := self.store.by_request(request_key)):
             return self._fresh(existing)
@@ -467,7 +513,7 @@ class ExecutorService:
                     field="allow_drift",
                     reason=reason,
                 )
-        recorded = self._recorded(ion, original)
+        recorded = self._recorded(ion, project, original)
         new_spec = pb.LaunchSpec()
         new_spec.CopyFrom(spec)
         replay = Replay(
@@ -511,6 +557,7 @@ class ExecutorService:
                     new_spec.pinned_models[f"{n}.{out}"] = version
         return self._start(
             ion,
+            project,
             new_spec,
             replay,
             request_key=request_key,
@@ -519,23 +566,23 @@ class ExecutorService:
             allow_drift=allow_drift,
         )
 
-    def _spec_of_run(self, name: str) -> tuple[pb.LaunchSpec, str]:
+    def _spec_of_run(self, name: str, project: str) -> tuple[pb.LaunchSpec, str]:
         run = self.store.get(name)
         if run is not None:
             return run.spec, name
         ion = _ion_of(name)
-        for e in self.recorder.events(ion, runs=[name], types=["run.launched"]):
+        for e in self.recorder.events(ion, project=project, runs=[name], types=["run.launched"]):
             return _spec_from_event(e), name
         raise errors.NotFound(
             f"run {name} does not exist here, and the recorder holds no run.launched event for it",
             field="run",
         )
 
-    def _spec_of_capture(self, name: str) -> tuple[pb.LaunchSpec, str]:
-        cap = self.recorder.get_capture(name)
+    def _spec_of_capture(self, name: str, project: str) -> tuple[pb.LaunchSpec, str]:
+        cap = self.recorder.get_capture(name, project)
         ion = "/".join(name.split("/")[:2])
         for e in self.recorder.events(
-            ion, types=["run.launched"], start=cap.start_time, end=cap.end_time
+            ion, project=project, types=["run.launched"], start=cap.start_time, end=cap.end_time
         ):
             if e.type == "run.launched" and "spec" in struct_to_dict(e.lifecycle.details):
                 return _spec_from_event(e), e.run
@@ -547,7 +594,7 @@ class ExecutorService:
             reason="NO_LAUNCH_SPEC",
         )
 
-    def _recorded(self, ion: str, run: str) -> dict[str, Any]:
+    def _recorded(self, ion: str, project: str, run: str) -> dict[str, Any]:
         """What the original run recorded: node outputs, approvals, swaps and retrainings."""
         outputs: dict[str, dict[str, str]] = {}
         approvals: dict[tuple[str, int], tuple[bool, str, str]] = {}
@@ -560,7 +607,7 @@ class ExecutorService:
             "stream.swap",
             "stream.retrain",
         ]
-        for e in self.recorder.events(f"ions/{ion}", runs=[run], types=wanted):
+        for e in self.recorder.events(f"ions/{ion}", project=project, runs=[run], types=wanted):
             if e.type in ("node.finished", "node.skipped"):
                 details = struct_to_dict(e.lifecycle.details)
                 if int(details.get("round", 0)) == 0:
@@ -591,8 +638,10 @@ class ExecutorService:
         if tolerance < 0:
             raise errors.InvalidArgument("tolerance must not be negative", field="tolerance")
         tol = tolerance or 1e-9
-        a = list(self.recorder.events(f"ions/{ion_a}", runs=[original]))
-        b = list(self.recorder.events(f"ions/{ion_b}", runs=[relaunch]))
+        project_a = self._recorded_run_project(original, "original")
+        project_b = self._recorded_run_project(relaunch, "relaunch")
+        a = list(self.recorder.events(f"ions/{ion_a}", project=project_a, runs=[original]))
+        b = list(self.recorder.events(f"ions/{ion_b}", project=project_b, runs=[relaunch]))
         for events, name, field in ((a, original, "original"), (b, relaunch, "relaunch")):
             if not events:
                 raise errors.NotFound(f"the recorder holds no events of run {name}", field=field)

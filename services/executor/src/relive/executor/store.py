@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import mongoengine as me
 from pymongo import ReturnDocument
 
+from relive.core.identity import DEFAULT_PROJECT
 from relive.executor.v1 import executor_pb2
 
 ALIAS = "executor"
@@ -29,6 +30,9 @@ class ExecutorRunDoc(me.Document):
     }
     name = me.StringField(required=True, unique=True)
     ion = me.StringField(required=True)
+    # The ION's project: whoever cannot see it finds no such run. Runs written before
+    # projects were kept belong to the default project.
+    project = me.StringField(default=DEFAULT_PROJECT)
     number = me.IntField(required=True)
     state = me.IntField(required=True)
     request_key = me.StringField()
@@ -52,10 +56,18 @@ class RunStore:
         )
         return int(doc["value"])
 
-    def create(self, run: executor_pb2.Run, ion: str, number: int, request_key: str = "") -> None:
+    def create(
+        self,
+        run: executor_pb2.Run,
+        ion: str,
+        project: str,
+        number: int,
+        request_key: str = "",
+    ) -> None:
         doc = ExecutorRunDoc(
             name=run.name,
             ion=ion,
+            project=project,
             number=number,
             state=int(run.state),
             data=run.SerializeToString(),
@@ -72,6 +84,16 @@ class RunStore:
     def get(self, name: str) -> executor_pb2.Run | None:
         doc = ExecutorRunDoc.objects(name=name).first()
         return _load(doc) if doc else None
+
+    def project_of(self, name: str) -> str | None:
+        """The run's project, or None when there is no such run."""
+        doc = ExecutorRunDoc.objects(name=name).only("project").first()
+        return (doc.project or DEFAULT_PROJECT) if doc else None
+
+    def project_of_ion(self, ion: str) -> str | None:
+        """The project of an ION's runs, or None when it has none (for an ION since deleted)."""
+        doc = ExecutorRunDoc.objects(ion=ion).only("project").first()
+        return (doc.project or DEFAULT_PROJECT) if doc else None
 
     def by_request(self, request_key: str) -> executor_pb2.Run | None:
         doc = ExecutorRunDoc.objects(request_key=request_key).first()
@@ -91,9 +113,10 @@ class RunStore:
         for doc in sorted(ExecutorRunDoc.objects(ion=ion), key=lambda d: -int(d.number)):
             yield _load(doc)
 
-    def unfinished(self) -> list[executor_pb2.Run]:
+    def unfinished(self) -> list[tuple[executor_pb2.Run, str]]:
+        """Runs not in a terminal state, each with its project."""
         docs = ExecutorRunDoc.objects(state__nin=[int(s) for s in TERMINAL])
-        return [_load(d) for d in docs]
+        return [(_load(d), d.project or DEFAULT_PROJECT) for d in docs]
 
 
 def _load(doc: ExecutorRunDoc) -> executor_pb2.Run:

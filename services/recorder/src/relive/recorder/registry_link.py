@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import IO, Any, Protocol
 
 import grpc
@@ -60,9 +61,10 @@ class RegistryLink:
     for PROJECT_TTL_S (IONs are rarely deleted, and a stale yes only lets events of a deleted
     ION in)."""
 
-    def __init__(self, endpoint: str, token: str | None = None) -> None:
+    def __init__(self, endpoint: str, token: str | None = None, tls_ca: Path | None = None) -> None:
         self._endpoint = endpoint
         self._token = token
+        self._tls_ca = tls_ca
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._projects: dict[str, tuple[str, float]] = {}
@@ -80,7 +82,15 @@ class RegistryLink:
     def _stub(self) -> registry_pb2_grpc.RegistryServiceStub:
         with self._lock:
             if self._channel is None:
-                self._channel = grpc.insecure_channel(self._endpoint)
+                # A plain channel: token and project go on each call (see _metadata), and
+                # these lookups make no spans (the recorder would record its own tracing).
+                self._channel = (
+                    grpc.secure_channel(
+                        self._endpoint, grpc.ssl_channel_credentials(self._tls_ca.read_bytes())
+                    )
+                    if self._tls_ca
+                    else grpc.insecure_channel(self._endpoint)
+                )
             return registry_pb2_grpc.RegistryServiceStub(self._channel)
 
     def close(self) -> None:
