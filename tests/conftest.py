@@ -59,6 +59,24 @@ def config(mongodb_uri: str, tmp_path: Path) -> Config:
     )
 
 
+AUTH_TOKENS = """\
+tokens:
+  tok-alice: {user: alice, project: churn, role: member}
+  tok-carol: {user: carol, project: churn, role: admin}
+  tok-bob: {user: bob, project: fraud, role: member}
+  tok-svc: {user: relive, project: relive, role: service}
+"""
+
+
+@pytest.fixture
+def auth_config(config: Config, tmp_path: Path) -> Config:
+    """RELIVE_AUTH on: alice (member) and carol (admin) in project churn, bob (member) in
+    fraud, and the services' own token."""
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(AUTH_TOKENS)
+    return config.with_(auth=True, auth_tokens_file=tokens, service_token="tok-svc")
+
+
 @pytest.fixture
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     """A key and a self-signed certificate for localhost and 127.0.0.1, made by openssl."""

@@ -31,14 +31,6 @@ from relive.core.serving import Server
 from relive.recorder.v1 import recorder_pb2, recorder_pb2_grpc
 from relive.registry.v1 import registry_pb2, registry_pb2_grpc
 
-TOKENS = """\
-tokens:
-  tok-alice: {user: alice, project: churn, role: member}
-  tok-carol: {user: carol, project: churn, role: admin}
-  tok-bob: {user: bob, project: fraud, role: member}
-  tok-svc: {user: relive, project: relive, role: service}
-"""
-
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
 
@@ -64,13 +56,15 @@ class Deployment:
             raise AttributeError(name) from None
 
 
-def _user(registry: str, recorder: str, token: str | None, stack: list[grpc.Channel]) -> User:
+def _user(
+    registry: str,
+    recorder: str,
+    token: str | None,
+    stack: list[grpc.Channel],
+    tls_ca: Path | None = None,
+) -> User:
     def channel(target: str) -> grpc.Channel:
-        ch = (
-            connect_channel(target, token=token, environ={})
-            if token
-            else grpc.insecure_channel(target)
-        )
+        ch = connect_channel(target, token=token or "", tls_ca=tls_ca, environ={})
         stack.append(ch)
         return ch
 
@@ -80,13 +74,6 @@ def _user(registry: str, recorder: str, token: str | None, stack: list[grpc.Chan
         recorder_pb2_grpc.RecorderServiceStub(rec),
         trace_service_pb2_grpc.TraceServiceStub(rec),
     )
-
-
-@pytest.fixture
-def auth_config(config: Config, tmp_path: Path) -> Config:
-    tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(TOKENS)
-    return config.with_(auth=True, auth_tokens_file=tokens, service_token="tok-svc")
 
 
 @pytest.fixture
@@ -222,12 +209,13 @@ def test_calls_without_a_valid_token_are_unauthenticated(churn: Deployment) -> N
     ]
 
 
-def test_tokens_file_names_known_roles_and_project_ids(tmp_path: Path) -> None:
-    path = tmp_path / "tokens.yaml"
-    path.write_text(TOKENS)
-    tokens = identity.load_tokens(path)
+def test_tokens_file_names_known_roles_and_project_ids(auth_config: Config, tmp_path: Path) -> None:
+    assert auth_config.auth_tokens_file is not None
+    tokens = identity.load_tokens(auth_config.auth_tokens_file)
     assert tokens["tok-svc"].is_service and tokens["tok-svc"].sees("fraud")
     assert tokens["tok-carol"].is_admin and not tokens["tok-carol"].sees("fraud")
+    assert tokens["tok-alice"].token == "tok-alice", "an identity knows the token it came from"
+    path = tmp_path / "bad-tokens.yaml"
     path.write_text("tokens:\n  t: {user: eve, project: churn, role: root}\n")
     with pytest.raises(domain_errors.FailedPrecondition, match="role 'root'"):
         identity.load_tokens(path)
@@ -621,21 +609,37 @@ def test_a_deleted_ions_id_stays_with_its_project(churn: Deployment) -> None:
 # ---- relive up -------------------------------------------------------------------------------
 
 
-def test_the_stack_hands_auth_to_its_services(auth_config: Config) -> None:
-    from relive.core.stack import Stack, check_auth
+def test_the_stack_hands_auth_and_tls_to_its_services(
+    auth_config: Config, self_signed: tuple[Path, Path]
+) -> None:
+    from relive.core.stack import Stack, check_auth, check_health
 
     with pytest.raises(domain_errors.FailedPrecondition, match="RELIVE_SERVICE_TOKEN"):
         check_auth(auth_config.with_(service_token=None))
     with pytest.raises(domain_errors.FailedPrecondition, match="role: service"):
         check_auth(auth_config.with_(service_token="tok-carol"))
+    key, cert = self_signed
+    with pytest.raises(domain_errors.FailedPrecondition) as caught:
+        check_auth(auth_config.with_(tls_cert=cert))
+    assert caught.value.field == "RELIVE_TLS_KEY"
+    with pytest.raises(domain_errors.FailedPrecondition) as caught:
+        check_auth(auth_config.with_(tls_cert=cert, tls_key=key, tls_client_ca=cert))
+    assert caught.value.field == "RELIVE_TLS_CLIENT_CA"
 
-    with Stack(auth_config, services=("registry", "recorder")) as stack:
+    # A self-signed certificate and no RELIVE_TLS_CA: the services trust their own certificate.
+    secure = auth_config.with_(tls_cert=cert, tls_key=key)
+    with Stack(secure, services=("registry", "recorder")) as stack:
         endpoints = stack.endpoints()
+        assert check_health(endpoints["recorder"]) == "UNREACHABLE"  # plaintext is refused
+        assert check_health(endpoints["recorder"], tls_ca=cert) == "SERVING"
         channels: list[grpc.Channel] = []
         try:
-            alice = _user(endpoints["registry"], endpoints["recorder"], "tok-alice", channels)
-            bob = _user(endpoints["registry"], endpoints["recorder"], "tok-bob", channels)
-            anonymous = _user(endpoints["registry"], endpoints["recorder"], None, channels)
+
+            def user(token: str | None) -> User:
+                reg, rec = endpoints["registry"], endpoints["recorder"]
+                return _user(reg, rec, token, channels, tls_ca=cert)
+
+            alice, bob, anonymous = user("tok-alice"), user("tok-bob"), user(None)
             create_ion(alice, "churn-a")
             # The recorder reached the registry with the service token to find the ION.
             stored = alice.recorder.AppendEvents(

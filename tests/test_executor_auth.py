@@ -30,14 +30,6 @@ from relive.recorder.v1 import recorder_pb2, recorder_pb2_grpc
 from relive.registry.v1 import registry_pb2, registry_pb2_grpc
 from tests.executor_fixtures import ray_session, start_stack  # noqa: F401
 
-TOKENS = """\
-tokens:
-  tok-alice: {user: alice, project: churn, role: member}
-  tok-carol: {user: carol, project: churn, role: admin}
-  tok-bob: {user: bob, project: fraud, role: member}
-  tok-svc: {user: relive, project: relive, role: service}
-"""
-
 # A command component that reports which token it was handed, and reads the timeline with it.
 WHOAMI = """\
 import json, os
@@ -91,13 +83,6 @@ class User:
     registry: registry_pb2_grpc.RegistryServiceStub
     recorder: recorder_pb2_grpc.RecorderServiceStub
     executor: executor_pb2_grpc.ExecutorServiceStub
-
-
-@pytest.fixture
-def auth_config(config: Config, tmp_path: Path) -> Config:
-    tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(TOKENS)
-    return config.with_(auth=True, auth_tokens_file=tokens, service_token="tok-svc")
 
 
 @pytest.fixture

@@ -81,8 +81,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _detach(args: argparse.Namespace, data_dir: Path) -> int:
+    from relive.core.config import Config
     from relive.core.stack import ENDPOINTS_FILE, check_health
 
+    ca = Config.from_env().trusted_ca
     argv = [sys.executable, "-m", "relive.cli.main", "up", "--data-dir", str(data_dir)]
     if args.ray_address:
         argv += ["--ray-address", args.ray_address]
@@ -105,7 +107,7 @@ def _detach(args: argparse.Namespace, data_dir: Path) -> int:
         if endpoints_file.exists():
             endpoints = json.loads(endpoints_file.read_text())
             if all(
-                check_health(endpoints[s]) == "SERVING"
+                check_health(endpoints[s], tls_ca=ca) == "SERVING"
                 for s in ("registry", "recorder", "executor")
             ):
                 if args.json:
@@ -146,6 +148,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from relive.core.config import Config
     from relive.core.stack import ENDPOINTS_FILE, SERVICES, check_health, read_pid
 
     data_dir = _data_dir(args)
@@ -158,7 +161,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"no stack is running for {data_dir}")
         return 1
     endpoints = json.loads(path.read_text())
-    health = {s: check_health(endpoints[s]) for s in SERVICES if s in endpoints}
+    ca = Config.from_env().trusted_ca
+    health = {s: check_health(endpoints[s], tls_ca=ca) for s in SERVICES if s in endpoints}
     if args.json:
         emit_json({**endpoints, "running": True, "pid": pid, "health": health})
     else:

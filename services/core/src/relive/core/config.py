@@ -94,14 +94,17 @@ class Config:
         values.update(overrides)
         return cls(**values)
 
+    @property
+    def trusted_ca(self) -> Path | None:
+        """The CA for calls to the services: ``tls_ca``, else (with TLS on) the server's own
+        certificate, which is its own CA when it is self-signed."""
+        return self.tls_ca or (self.tls_cert if self.tls_cert and self.tls_key else None)
+
     def service_access(self, project: str = "") -> Access:
-        """How this service calls another: with the service token, trusting ``tls_ca``, for
-        ``project`` when it works on that project's behalf."""
-        return Access(
-            token=self.service_token or "",
-            project=project,
-            tls_ca=str(self.tls_ca) if self.tls_ca else "",
-        )
+        """How this service calls another: with the service token, trusting ``trusted_ca``,
+        for ``project`` when it works on that project's behalf."""
+        ca = self.trusted_ca
+        return Access(token=self.service_token or "", project=project, tls_ca=str(ca or ""))
 
     def with_(self, **changes: Any) -> Config:
         return replace(self, **changes)

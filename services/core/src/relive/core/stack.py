@@ -34,10 +34,14 @@ ENDPOINTS_FILE = "endpoints.json"
 PID_FILE = "stack.pid"
 
 
-def check_health(target: str, timeout: float = 1.0) -> str:
+def check_health(target: str, timeout: float = 1.0, tls_ca: Path | None = None) -> str:
     """The service's overall health status name, or UNREACHABLE."""
     try:
-        with grpc.insecure_channel(target) as channel:
+        with (
+            grpc.secure_channel(target, grpc.ssl_channel_credentials(tls_ca.read_bytes()))
+            if tls_ca
+            else grpc.insecure_channel(target)
+        ) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
             return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
@@ -46,8 +50,19 @@ def check_health(target: str, timeout: float = 1.0) -> str:
 
 
 def check_auth(config: Config) -> None:
-    """Fails early, with the variable to fix named, when auth is on but cannot work: the
-    services would start and then refuse each other."""
+    """Fails early, with the variable to fix named, when auth or TLS is on but cannot work:
+    the services would start and then refuse each other."""
+    if config.tls_client_ca is not None:
+        raise FailedPrecondition(
+            "relive up cannot run with RELIVE_TLS_CLIENT_CA (mutual TLS): its services call "
+            "each other without client certificates; require them at a proxy in front instead",
+            field="RELIVE_TLS_CLIENT_CA",
+        )
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise FailedPrecondition(
+            "TLS needs both RELIVE_TLS_CERT and RELIVE_TLS_KEY",
+            field="RELIVE_TLS_KEY" if config.tls_cert else "RELIVE_TLS_CERT",
+        )
     if not config.auth:
         return
     if config.auth_tokens_file is None:
@@ -106,6 +121,15 @@ class Stack:
             env["RELIVE_AUTH_TOKENS_FILE"] = str(self.config.auth_tokens_file.resolve())
         if self.config.auth and self.config.service_token:
             env["RELIVE_SERVICE_TOKEN"] = self.config.service_token
+        for key, path in (
+            ("RELIVE_TLS_CERT", self.config.tls_cert),
+            ("RELIVE_TLS_KEY", self.config.tls_key),
+            ("RELIVE_TLS_CA", self.config.trusted_ca),
+        ):
+            if path is None:
+                env.pop(key, None)
+            else:
+                env[key] = str(path.resolve())
         for name, port in self.ports.items():
             env[f"RELIVE_{name.upper()}_ENDPOINT"] = f"{self.config.host}:{port}"
         # Component code is imported from where `relive up` was started.
@@ -167,7 +191,8 @@ class Stack:
                         f"the {name} service exited with code {process.returncode}; "
                         f"see {self.data_dir / 'logs' / (name + '.log')}"
                     )
-                if check_health(f"{self.config.host}:{self.ports[name]}") == "SERVING":
+                target = f"{self.config.host}:{self.ports[name]}"
+                if check_health(target, tls_ca=self.config.trusted_ca) == "SERVING":
                     pending.discard(name)
             if pending and time.monotonic() > deadline:
                 raise RuntimeError(

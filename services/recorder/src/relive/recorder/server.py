@@ -87,7 +87,7 @@ def create_server(config: Config) -> tuple[Server, int]:
     """A recorder server bound to ``config.port`` (0: any free port); call ``start()`` on it."""
     store = Store(config)
     registry = (
-        RegistryLink(config.registry_endpoint, token=config.service_token, tls_ca=config.tls_ca)
+        RegistryLink(config.registry_endpoint, token=config.service_token, tls_ca=config.trusted_ca)
         if config.registry_endpoint
         else None
     )
