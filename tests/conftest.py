@@ -81,7 +81,7 @@ def auth_config(config: Config, tmp_path: Path) -> Config:
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     """A key and a self-signed certificate for localhost and 127.0.0.1, made by openssl."""
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is not on PATH")
+        pytest.fail("the TLS tests make their certificate with openssl, which is not on PATH")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
         [

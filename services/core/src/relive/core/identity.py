@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -81,6 +82,31 @@ def acting_as(identity: Identity) -> Iterator[Identity]:
         yield identity
     finally:
         _current.reset(token)
+
+
+class ProjectCache:
+    """Which project each ION belongs to, as ``lookup`` (the registry) answers, trusted for
+    ``ttl_s``: ION ids are unique, but a deleted ION's id may be taken again. Only answers
+    that an ION exists are kept."""
+
+    def __init__(self, lookup: Callable[[str], str | None], ttl_s: float = 30.0) -> None:
+        self._lookup = lookup
+        self._ttl_s = ttl_s
+        self._known: dict[str, tuple[str, float]] = {}
+
+    def get(self, ion: str, fresh: bool = False) -> str | None:
+        cached = self._known.get(ion)
+        if not fresh and cached is not None and time.monotonic() - cached[1] < self._ttl_s:
+            return cached[0]
+        project = self._lookup(ion)
+        if project is None:
+            self._known.pop(ion, None)
+            return None
+        self.remember(ion, project)
+        return project or DEFAULT_PROJECT
+
+    def remember(self, ion: str, project: str) -> None:
+        self._known[ion] = (project or DEFAULT_PROJECT, time.monotonic())
 
 
 def load_tokens(path: Path) -> dict[str, Identity]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -47,11 +46,6 @@ def _domain(fn: Callable[[], T], what: str) -> T:
         raise _domain_error(e, what) from e
 
 
-# How long an ION's project is trusted (as in the recorder: a deleted ION's id stays with its
-# project, so a cached answer can only be stale about existence).
-PROJECT_TTL_S = 30.0
-
-
 def _for(project: str | None) -> tuple[tuple[str, str], ...]:
     """Call metadata: the project the executor's service token works for on this call. The
     registry and recorder then show and create only there."""
@@ -68,24 +62,22 @@ class Registry:
         self._channel = access.connect(endpoint)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._lock = threading.Lock()
-        self._projects: dict[str, tuple[str, float]] = {}
+        self._projects = identity.ProjectCache(self._lookup_project)
         self._stores: dict[str, RegistryModelStore] = {}
 
     def project_of(self, ion: str) -> str | None:
         """The project of ``ions/{ion}``, or None when the registry does not know it. Asked with
         the service token alone, which sees every project."""
-        cached = self._projects.get(ion)
-        if cached is not None and time.monotonic() - cached[1] < PROJECT_TTL_S:
-            return cached[0]
+        return self._projects.get(ion)
+
+    def _lookup_project(self, ion: str) -> str | None:
         try:
             found = call(self._stub.GetIon, registry_pb2.GetIonRequest(name=f"ions/{ion}"))
         except client_errors.NotFound:
             return None
         except client_errors.ReliveError as e:
             raise _domain_error(e, f"cannot look up ions/{ion}") from e
-        project = found.project or identity.DEFAULT_PROJECT
-        self._projects[ion] = (project, time.monotonic())
-        return project
+        return found.project or identity.DEFAULT_PROJECT
 
     def get_revision(self, name: str, project: str | None) -> registry_pb2.Revision:
         get = functools.partial(self._stub.GetRevision, metadata=_for(project))

@@ -152,24 +152,30 @@ class ExecutorService:
         """The project of ``ions/{ion}``; NotFound when the caller cannot see it. An ION since
         deleted keeps the project of its runs."""
         project = self.registry.project_of(ion) or self.store.project_of_ion(ion)
-        if project is None or not identity.current().sees(project):
-            raise errors.NotFound(f"ION ions/{ion} does not exist", field=field)
-        return project
+        return self._visible(project, f"ION ions/{ion}", field)
+
+    def _known_project(self, name: str) -> str | None:
+        """The project of a run of this executor (one store read at most), or None."""
+        with self._lock:
+            ex = self._active.get(name)
+        return ex.env.project if ex is not None else self.store.project_of(name)
 
     def _run_project(self, name: str, field: str) -> str:
         """The project of a run of this executor; NotFound when the caller cannot see it."""
-        with self._lock:
-            ex = self._active.get(name)
-        project = ex.env.project if ex is not None else self.store.project_of(name)
-        if project is None or not identity.current().sees(project):
-            raise errors.NotFound(f"run {name} does not exist", field=field)
-        return project
+        return self._visible(self._known_project(name), f"run {name}", field)
 
     def _recorded_run_project(self, name: str, field: str) -> str:
         """As _run_project, for a run that may be known only by its events (an import)."""
-        if self.store.project_of(name) is None and name not in self._active:
+        project = self._known_project(name)
+        if project is None:
             return self._ion_project(parse_name(name, RUN_PATTERN, field)["ion"], field)
-        return self._run_project(name, field)
+        return self._visible(project, f"run {name}", field)
+
+    @staticmethod
+    def _visible(project: str | None, what: str, field: str) -> str:
+        if project is None or not identity.current().sees(project):
+            raise errors.NotFound(f"{what} does not exist", field=field)
+        return project
 
     def _delegated(self, project: str) -> Access:
         """What a run's components call the services with: the caller's own token, so that
@@ -180,15 +186,15 @@ class ExecutorService:
 
     def get(self, name: str) -> pb.Run:
         parse_name(name, RUN_PATTERN)
-        self._run_project(name, "name")
         with self._lock:
             ex = self._active.get(name)
         if ex is not None:
+            self._visible(ex.env.project, f"run {name}", "name")
             with ex._lock:
                 return _copy(ex.run)
-        run = self.store.get(name)
-        if run is None:
-            raise errors.NotFound(f"run {name} does not exist", field="name")
+        run, project = self.store.get_with_project(name) or (None, None)
+        self._visible(project, f"run {name}", "name")
+        assert run is not None
         return run
 
     def list(self, parent: str, size: int, token: str) -> tuple[list[pb.Run], str]:

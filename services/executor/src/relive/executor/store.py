@@ -85,6 +85,11 @@ class RunStore:
         doc = ExecutorRunDoc.objects(name=name).first()
         return _load(doc) if doc else None
 
+    def get_with_project(self, name: str) -> tuple[executor_pb2.Run, str] | None:
+        """The run and its project, in one read."""
+        doc = ExecutorRunDoc.objects(name=name).first()
+        return (_load(doc), doc.project or DEFAULT_PROJECT) if doc else None
+
     def project_of(self, name: str) -> str | None:
         """The run's project, or None when there is no such run."""
         doc = ExecutorRunDoc.objects(name=name).only("project").first()

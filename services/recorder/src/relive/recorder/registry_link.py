@@ -8,7 +8,6 @@ project; the recorder itself decides what its caller may see.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -20,9 +19,6 @@ from relive.core.interceptors import PROJECT_METADATA
 from relive.registry.v1 import registry_pb2, registry_pb2_grpc
 
 TIMEOUT_S = 10.0
-# How long an ION's project is trusted: ids are unique, but a deleted ION's id may be taken
-# again by another project.
-PROJECT_TTL_S = 30.0
 
 
 class Registry(Protocol):
@@ -58,7 +54,7 @@ def _domain_error(e: grpc.RpcError, what: str) -> errors.ReliveError:
 
 class RegistryLink:
     """A gRPC client of the registry; positive ION lookups (the ION's project) are cached
-    for PROJECT_TTL_S (IONs are rarely deleted, and a stale yes only lets events of a deleted
+    for 30 s (IONs are rarely deleted, and a stale yes only lets events of a deleted
     ION in)."""
 
     def __init__(self, endpoint: str, token: str | None = None, tls_ca: Path | None = None) -> None:
@@ -67,7 +63,7 @@ class RegistryLink:
         self._tls_ca = tls_ca
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
-        self._projects: dict[str, tuple[str, float]] = {}
+        self._projects = identity.ProjectCache(self._lookup_project)
 
     def _metadata(self, for_project: str | None = None) -> tuple[tuple[str, str | bytes], ...]:
         """The service token, and the project the call is for: the registry then shows and
@@ -114,21 +110,14 @@ class RegistryLink:
                     raise _domain_error(e, f"cannot look up ions/{ion}") from e
         return None
 
-    def _remember(self, ion: str, project: str) -> None:
-        self._projects[ion] = (project or identity.DEFAULT_PROJECT, time.monotonic())
+    def _lookup_project(self, ion: str) -> str | None:
+        found = self._get_ion(ion)
+        return None if found is None else found.project or identity.DEFAULT_PROJECT
 
     def project_of(self, ion: str, fresh: bool = False) -> str | None:
         """The ION's project, or None when the registry does not know the ION. ``fresh``
         asks the registry even when the answer is cached."""
-        cached = self._projects.get(ion)
-        if not fresh and cached is not None and time.monotonic() - cached[1] < PROJECT_TTL_S:
-            return cached[0]
-        found = self._get_ion(ion)
-        if found is None:
-            self._projects.pop(ion, None)
-            return None
-        self._remember(ion, found.project)
-        return found.project or identity.DEFAULT_PROJECT
+        return self._projects.get(ion, fresh)
 
     def ion_exists(self, ion: str) -> bool:
         return self.project_of(ion) is not None
@@ -182,7 +171,7 @@ class RegistryLink:
                         timeout=TIMEOUT_S,
                         metadata=metadata,
                     )
-                    self._remember(ion, project)
+                    self._projects.remember(ion, project)
                 else:
                     stub.CreateRevision(
                         registry_pb2.CreateRevisionRequest(
