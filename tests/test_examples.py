@@ -28,9 +28,15 @@ def _launch(stack: Stack, ion: str) -> pb.Run:
 
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_example_relaunched_from_capture_matches(stack: Stack, pattern: str) -> None:
-    start = since()
     ion = stack.register(EXAMPLES / pattern / "ion.yaml")
-    original = _launch(stack, ion)
+    for attempt in range(3):
+        start = since()
+        original = _launch(stack, ion)
+        # An original retrain run can end before any retraining round is ready (wall-clock
+        # timing, seen on busy CI machines). What this test checks is the relaunch replaying
+        # the swaps of an original that had them, so such an original is launched again.
+        if pattern != "retrain" or _swapped(stack, ion, original) or attempt == 2:
+            break
     assert original.state == pb.RUN_STATE_SUCCEEDED, original.error_message
     assert all(n.state == pb.RUN_STATE_SUCCEEDED for n in original.nodes)
 
@@ -51,6 +57,10 @@ def test_example_relaunched_from_capture_matches(stack: Stack, pattern: str) -> 
     assert sum(n.compared for n in verification.nodes) > 0
     if pattern == "retrain":
         _check_streaming(stack, ion, original, relaunch)
+
+
+def _swapped(stack: Stack, ion: str, run: pb.Run) -> bool:
+    return any(stack.recorder.list_events(ion, runs=[run.name], types=["model.swapped"]))
 
 
 def _check_streaming(stack: Stack, ion: str, original: pb.Run, relaunch: pb.Run) -> None:
