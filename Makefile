@@ -11,13 +11,17 @@ export UV_PYTHON := $(PYTHON)
 PY_SRC := clients/python/src services/core/src services/registry/src services/recorder/src services/executor/src
 PROTO_OUT := clients/python/src
 
-.PHONY: run test setup browser screenshots lock protos lint check-protos compose-config bench clean
+.PHONY: run test unit setup browser screenshots lock protos lint check-protos compose-config bench clean
 
 run: setup
 	$(VENV)/bin/relive demo
 
 test: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# The fast tier: pure logic only, sockets disabled (pytest-socket), so no server can start.
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit --disable-socket -p no:cacheprovider $(PYTEST_ARGS)
 
 setup: $(STAMP) node_modules/.installed clients/node/node_modules/.installed browser
 

@@ -88,11 +88,6 @@ class HybridLogicalClock:
             self._last = (top, logical)
             return Stamp(top, logical)
 
-    def peek(self) -> Stamp:
-        """The last stamp given or seen, without advancing."""
-        with self._lock:
-            return Stamp(*self._last)
-
 
 _process_clock: HybridLogicalClock | None = None
 _process_lock = threading.Lock()
