@@ -1,4 +1,4 @@
-"""Storing and loading models as registry model versions, and the models that policies build.
+"""Storing and loading models as registry model versions.
 
 Pipeline code depends on the :class:`ModelStore` protocol; in a run it is the registry.
 """
@@ -16,7 +16,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 
 if TYPE_CHECKING:
     from relive.client.channel import Access
@@ -193,57 +192,16 @@ class MemoryModelStore:
         return data, sha256(data)
 
 
-class Ensemble:
-    """Members vote (classifiers), or are averaged or take the median (regressors)."""
+def __getattr__(name: str) -> Any:
+    """``Ensemble`` and ``ABSplit`` live with their policies in ``relive.policies``; stored
+    models pickle them by this module's name, which therefore keeps exporting them (lazily,
+    since relive.policies itself imports this module)."""
+    if name == "Ensemble":
+        from relive.policies.ensemble import Ensemble
 
-    def __init__(
-        self, members: Sequence[Any], method: str = "vote", weights: Sequence[float] | None = None
-    ) -> None:
-        self.members = list(members)
-        self.method = method
-        self.weights = [float(w) for w in weights] if weights else [1.0] * len(self.members)
+        return Ensemble
+    if name == "ABSplit":
+        from relive.policies.ab_split import ABSplit
 
-    def predict(self, X: Any) -> np.ndarray:
-        preds = np.stack([np.asarray(m.predict(X)) for m in self.members])
-        w = np.asarray(self.weights)
-        if self.method == "mean":
-            return np.asarray(np.average(preds, axis=0, weights=w))
-        if self.method == "median":
-            return np.asarray(np.median(preds, axis=0))
-        out = []
-        for column in preds.T:
-            values = np.unique(column)
-            scores = [w[column == v].sum() for v in values]
-            out.append(values[int(np.argmax(scores))])
-        return np.asarray(out)
-
-
-class ABSplit:
-    """Routes each row to one arm by a seeded hash of the row itself, with the given shares,
-    so the same seed sends the same rows the same way, in any batch, on any machine."""
-
-    def __init__(
-        self, arms: Sequence[Any], weights: Sequence[float], seed: int, names: Sequence[str] = ()
-    ) -> None:
-        self.arms = list(arms)
-        self.weights = [float(w) for w in weights]
-        self.seed = int(seed)
-        self.names = list(names)
-
-    def route(self, X: Any) -> np.ndarray:
-        X = np.ascontiguousarray(np.asarray(X, dtype=np.float64))
-        key = str(self.seed).encode()
-        draws = np.asarray(
-            [
-                int.from_bytes(hashlib.sha256(key + row.tobytes()).digest()[:8], "big") / 2**64
-                for row in X
-            ]
-        )
-        edges = np.cumsum(self.weights) / sum(self.weights)
-        return np.minimum(np.searchsorted(edges, draws, side="right"), len(self.arms) - 1)
-
-    def predict(self, X: Any) -> np.ndarray:
-        X = np.asarray(X)
-        arm = self.route(X)
-        preds = [np.asarray(m.predict(X)) for m in self.arms]
-        return np.choose(arm, preds)
+        return ABSplit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,21 +15,13 @@ An ION file is a YAML mapping::
         schedule: {every_launches: 3}      # optional; also every_seconds, every_batches
         streaming: {batches: 20, batch_size: 32, score: score}   # optional; pipelines only
       approve:
-        policy: approval         # approval | canary | ensemble | ab_split | model_transfer
+        policy: approval         # a kind of relive.policies.KINDS
         params: {auto_if: "stats.accuracy >= 0.9", timeout_s: 600}
     edges:                       # optional
       - {from: train, to: approve, carries: model}   # carries defaults to "model"
 
-Policy parameters (every one optional unless marked):
-
-- approval: ``auto_if`` ("stats.<name> <op> <number>", op one of >= <= > < == !=),
-  ``timeout_s`` (> 0), ``on_timeout`` (approve | reject).
-- canary: ``max_disagreement`` (required, in [0, 1]), ``control`` (a node id),
-  ``min_samples`` (integer > 0).
-- ensemble: ``members`` (node ids), ``method`` (mean | vote | median),
-  ``weights`` (positive numbers, one per member).
-- ab_split: ``weights`` (required; node id -> share in [0, 1], shares summing to 1), ``seed``.
-- model_transfer: none.
+Policy kinds and their parameters are declared in ``relive.policies`` (one module per kind,
+documented in docs/ion-schema.md); this module validates with those declarations.
 
 Pipelines produce their ``outputs`` keys; policies produce ``model``. An edge must carry
 something its ``from`` node produces, and the edges must not form a cycle. Every ``call``
@@ -56,24 +48,20 @@ from typing import Any
 
 import yaml
 
+from relive import policies
 from relive.core.errors import InvalidArgument
 from relive.core.names import check_id
+from relive.policies.params import LOCAL_ID as LOCAL_ID  # node ids; service.py checks them too
+from relive.policies.params import integer_problem, local_id_problem, number_problem
+from relive.policies.params import kind_of as _kind
 
 DEFAULT_RETENTION_DAYS = 7
 MAX_RETENTION_DAYS = 3650
-LOCAL_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-LOCAL_ID_MAX = 63
 MAX_YAML_BYTES = 1024 * 1024
 # Values an ION file may expand to: aliases can make a small file expand without bound
 # ("billion laughs"), or refer to themselves.
 MAX_YAML_VALUES = 100_000
 MAX_YAML_DEPTH = 64
-POLICY_TYPES = ("model_transfer", "approval", "canary", "ensemble", "ab_split")
-ENSEMBLE_METHODS = ("mean", "vote", "median")
-AUTO_IF = re.compile(
-    r"^\s*stats\.([A-Za-z_][A-Za-z0-9_.]*)\s*(>=|<=|==|!=|>|<)\s*"
-    r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
-)
 
 Path_ = tuple[str | int, ...]
 
@@ -184,61 +172,24 @@ def _mapping(doc: _Doc, value: Any, path: Path_, *, allowed: Sequence[str]) -> d
     return value
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
 def _local_id(doc: _Doc, value: Any, path: Path_, what: str) -> str:
-    if not isinstance(value, str):
-        raise doc.error(path, f"{what} must be a string, got {_kind(value)}")
-    if len(value) > LOCAL_ID_MAX:
-        raise doc.error(path, f"{what} is {len(value)} characters long; the limit is 63")
-    if not LOCAL_ID.match(value):
-        raise doc.error(
-            path,
-            f"{what} {value!r} is malformed: use lowercase letters, digits and '_', "
-            "starting with a letter",
-        )
-    return value
+    problem = local_id_problem(value, what)
+    if problem:
+        raise doc.error(path, problem)
+    return str(value)
 
 
 def _int(doc: _Doc, value: Any, path: Path_, *, minimum: int = 1, maximum: int = 2**31 - 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise doc.error(path, f"must be an integer, got {_kind(value)}")
-    if value < minimum:
-        raise doc.error(path, f"must be at least {minimum}, got {value}")
-    if value > maximum:
-        raise doc.error(path, f"must be at most {maximum}, got {value}")
-    return value
+    problem = integer_problem(value, minimum=minimum, maximum=maximum)
+    if problem:
+        raise doc.error(path, problem)
+    return int(value)
 
 
-def _number(
-    doc: _Doc,
-    value: Any,
-    path: Path_,
-    *,
-    positive: bool = False,
-    low: float | None = None,
-    high: float | None = None,
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise doc.error(path, f"must be a number, got {_kind(value)}")
-    if positive and value <= 0:
-        raise doc.error(path, f"must be positive, got {value}")
-    if low is not None and high is not None and not low <= value <= high:
-        raise doc.error(path, f"must be between {low:g} and {high:g}, got {value}")
+def _number(doc: _Doc, value: Any, path: Path_, *, positive: bool = False) -> float:
+    problem = number_problem(value, positive=positive)
+    if problem:
+        raise doc.error(path, problem)
     return float(value) if isinstance(value, float) else value
 
 
@@ -479,88 +430,17 @@ def _streaming(doc: _Doc, raw: Any, path: Path_, pipeline: dict[str, Any]) -> di
     return out
 
 
-_POLICY_PARAMS: dict[str, tuple[str, ...]] = {
-    "approval": ("auto_if", "timeout_s", "on_timeout"),
-    "canary": ("max_disagreement", "control", "min_samples"),
-    "ensemble": ("members", "method", "weights"),
-    "ab_split": ("weights", "seed"),
-    "model_transfer": (),
-}
-
-
 def _policy(doc: _Doc, kind: Any, raw_params: Any, path: Path_) -> dict[str, Any]:
-    if kind not in POLICY_TYPES:
+    """Checks a policy node with its kind's declaration (``relive.policies``)."""
+    declared = policies.by_name(kind) if isinstance(kind, str) else None
+    if declared is None:
         raise doc.error(
             (*path, "policy"),
-            f"unknown policy type {kind!r}; expected one of: {', '.join(POLICY_TYPES)}",
+            f"unknown policy type {kind!r}; expected one of: {', '.join(policies.names())}",
         )
     ppath = (*path, "params")
-    allowed = _POLICY_PARAMS[kind]
     params = _params(doc, raw_params, ppath)
-    for key in params:
-        if key not in allowed:
-            expected = ", ".join(allowed) if allowed else "none"
-            raise doc.error(
-                (*ppath, key), f"unknown {kind} parameter {key!r}; expected: {expected}"
-            )
-    if kind == "approval":
-        if "auto_if" in params:
-            rule = params["auto_if"]
-            if not isinstance(rule, str) or not AUTO_IF.match(rule):
-                raise doc.error(
-                    (*ppath, "auto_if"),
-                    f"{rule!r} is not a rule of the form 'stats.<name> <op> <number>' "
-                    "with op one of >=, <=, >, <, ==, !=",
-                )
-        if "timeout_s" in params:
-            _number(doc, params["timeout_s"], (*ppath, "timeout_s"), positive=True)
-        if "on_timeout" in params and params["on_timeout"] not in ("approve", "reject"):
-            raise doc.error((*ppath, "on_timeout"), "must be 'approve' or 'reject'")
-    elif kind == "canary":
-        if "max_disagreement" not in params:
-            raise doc.error((*ppath, "max_disagreement"), "is required for a canary policy")
-        _number(doc, params["max_disagreement"], (*ppath, "max_disagreement"), low=0.0, high=1.0)
-        if "min_samples" in params:
-            _int(doc, params["min_samples"], (*ppath, "min_samples"))
-        if "control" in params:
-            _local_id(doc, params["control"], (*ppath, "control"), "control node")
-    elif kind == "ensemble":
-        members = params.get("members", [])
-        if not isinstance(members, list):
-            raise doc.error((*ppath, "members"), "must be a list of node ids")
-        for i, m in enumerate(members):
-            _local_id(doc, m, (*ppath, "members", i), "member node")
-        if "method" in params and params["method"] not in ENSEMBLE_METHODS:
-            raise doc.error(
-                (*ppath, "method"),
-                f"unknown method {params['method']!r}; expected one of: "
-                + ", ".join(ENSEMBLE_METHODS),
-            )
-        if "weights" in params:
-            weights = params["weights"]
-            if not isinstance(weights, list):
-                raise doc.error((*ppath, "weights"), "must be a list of positive numbers")
-            for i, w in enumerate(weights):
-                _number(doc, w, (*ppath, "weights", i), positive=True)
-            if members and len(weights) != len(members):
-                raise doc.error(
-                    (*ppath, "weights"),
-                    f"has {len(weights)} weights for {len(members)} members",
-                )
-    elif kind == "ab_split":
-        if "weights" not in params:
-            raise doc.error((*ppath, "weights"), "is required for an ab_split policy")
-        weights = params["weights"]
-        if not isinstance(weights, dict) or len(weights) < 2:
-            raise doc.error((*ppath, "weights"), "must map at least two node ids to their shares")
-        for node_id, share in weights.items():
-            _local_id(doc, node_id, (*ppath, "weights", node_id), "node id")
-            _number(doc, share, (*ppath, "weights", node_id), low=0.0, high=1.0)
-        total = sum(weights.values())
-        if abs(total - 1.0) > 1e-6:
-            raise doc.error((*ppath, "weights"), f"shares must sum to 1, they sum to {total:g}")
-        if "seed" in params:
-            _int(doc, params["seed"], (*ppath, "seed"), minimum=0)
+    declared.validate(params, lambda sub, problem: doc.error((*ppath, *sub), problem))
     return {"type": kind, "params": params}
 
 
@@ -572,17 +452,11 @@ def _check_policy_refs(
     if not policy:
         return
     ppath: Path_ = ("nodes", node_id, "params")
-    params = policy["params"]
-    refs: list[tuple[Path_, str]] = []
-    if policy["type"] == "canary" and "control" in params:
-        refs.append(((*ppath, "control"), params["control"]))
-    if policy["type"] == "ensemble":
-        refs += [((*ppath, "members", i), m) for i, m in enumerate(params.get("members", []))]
-    if policy["type"] == "ab_split":
-        refs += [((*ppath, "weights", n), n) for n in params["weights"]]
-    for path, ref in refs:
+    declared = policies.by_name(policy["type"])
+    assert declared is not None  # _policy checked it
+    for sub, ref in declared.node_refs(policy["params"]):
         if ref not in nodes:
-            raise doc.error(path, f"names node {ref!r}, which is not a node of this ION")
+            raise doc.error((*ppath, *sub), f"names node {ref!r}, which is not a node of this ION")
 
 
 def _edges(

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
+from relive import policies
 from relive.core.errors import InvalidArgument
 from relive.registry.model import (
     CodeRef,
@@ -21,14 +22,6 @@ from relive.registry.model import (
 from relive.registry.service import RegistryService
 from relive.registry.v1 import registry_pb2 as pb
 from relive.registry.v1 import registry_pb2_grpc
-
-POLICY_TYPES = {
-    "model_transfer": pb.POLICY_TYPE_MODEL_TRANSFER,
-    "approval": pb.POLICY_TYPE_APPROVAL,
-    "canary": pb.POLICY_TYPE_CANARY,
-    "ensemble": pb.POLICY_TYPE_ENSEMBLE,
-    "ab_split": pb.POLICY_TYPE_AB_SPLIT,
-}
 
 
 def _ts(value: datetime) -> timestamp_pb2.Timestamp:
@@ -77,7 +70,9 @@ def definition_to_pb(d: dict[str, Any]) -> pb.IonDefinition:
                 )
         else:
             policy = node["policy"]
-            n.policy.type = POLICY_TYPES[policy["type"]]
+            kind = policies.by_name(policy["type"])
+            assert kind is not None, policy["type"]  # the definition was validated
+            n.policy.type = kind.enum  # type: ignore[assignment]
             n.policy.params.update(policy["params"])
     out.edges.extend(
         pb.Edge(from_node=e["from"], to_node=e["to"], carries=e["carries"]) for e in d["edges"]

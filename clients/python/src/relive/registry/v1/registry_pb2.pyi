@@ -33,9 +33,12 @@ class _PolicyTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PolicyType
     POLICY_TYPE_CANARY: _PolicyType.ValueType  # 3
     POLICY_TYPE_ENSEMBLE: _PolicyType.ValueType  # 4
     POLICY_TYPE_AB_SPLIT: _PolicyType.ValueType  # 5
+    POLICY_TYPE_CHAMPION_CHALLENGER: _PolicyType.ValueType  # 6
 
 class PolicyType(_PolicyType, metaclass=_PolicyTypeEnumTypeWrapper):
-    """The kinds of policy of the paper's Figure 1."""
+    """The kinds of policy: those of the paper's Figure 1, and champion/challenger. Each kind is
+    one module of the Python SDK's relive.policies, whose table KINDS maps these values to names.
+    """
 
 POLICY_TYPE_UNSPECIFIED: PolicyType.ValueType  # 0
 POLICY_TYPE_MODEL_TRANSFER: PolicyType.ValueType  # 1
@@ -43,6 +46,7 @@ POLICY_TYPE_APPROVAL: PolicyType.ValueType  # 2
 POLICY_TYPE_CANARY: PolicyType.ValueType  # 3
 POLICY_TYPE_ENSEMBLE: PolicyType.ValueType  # 4
 POLICY_TYPE_AB_SPLIT: PolicyType.ValueType  # 5
+POLICY_TYPE_CHAMPION_CHALLENGER: PolicyType.ValueType  # 6
 Global___PolicyType: _TypeAlias = PolicyType  # noqa: Y015
 
 @_typing.final
