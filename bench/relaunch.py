@@ -82,7 +82,9 @@ class DirectRay:
 
 def run_direct(definition_run: pb.Run, code_path: list[str]) -> tuple[float, int]:
     """The same ION, spec and components, in this process: no Ray, no recorder, no registry."""
-    from relive.executor.runner import Replay, RunEnv, RunExecution
+    from relive.executor.execution import RunEnv
+    from relive.executor.relaunch import RelaunchPlan
+    from relive.executor.runner import RunExecution
     from relive.pipeline.events import ListSink
     from relive.pipeline.models import MemoryModelStore
 
@@ -97,7 +99,7 @@ def run_direct(definition_run: pb.Run, code_path: list[str]) -> tuple[float, int
     env = RunEnv(
         recorder="", registry="", code_path=code_path, sink=sink, store=store, remote=fake, ray=fake
     )
-    ex = RunExecution(run, env, Replay(), lambda r: None)
+    ex = RunExecution(run, env, RelaunchPlan(), lambda r: None)
     t0 = time.perf_counter()
     ex._main()
     elapsed = time.perf_counter() - t0

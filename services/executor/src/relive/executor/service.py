@@ -1,38 +1,37 @@
 """The executor's domain logic: launch, runs, approvals, relaunch and verification.
 
 It knows no gRPC: it takes and returns protobuf messages and raises relive.core errors.
+Freezing a launch spec is ``launch``'s, reading what a run recorded is ``recorded``'s,
+planning a relaunch from it is ``relaunch``'s, the runs in progress are ``live``'s, and
+running a run is ``runner``'s.
 """
 
 from __future__ import annotations
 
 import getpass
-import importlib.metadata
 import logging
 import os
-import platform
 import random
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import yaml
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
 from relive.client.channel import Access
 from relive.core import errors, identity
 from relive.core.names import check_id, decode_token, encode_token, page_size, parse_name
-from relive.executor import drift, policies
+from relive.executor import drift, graph, launch, relaunch
 from relive.executor.backends import Recorder, Registry
-from relive.executor.runner import Replay, RunEnv, RunExecution, now_ts
+from relive.executor.execution import RunEnv, now_ts
+from relive.executor.live import LiveRuns
+from relive.executor.recorded import RecordedRuns, ion_of
+from relive.executor.relaunch import RelaunchPlan
+from relive.executor.runner import RunExecution
 from relive.executor.store import RunStore
 from relive.executor.v1 import executor_pb2 as pb
-from relive.executor.verify import verify as compare_runs
-from relive.pipeline import datasets
-from relive.pipeline.events import EventFactory, RecorderSink, struct_to_dict
-from relive.recorder.v1 import event_pb2
-from relive.registry.v1 import registry_pb2
+from relive.pipeline.events import EventFactory, RecorderSink
 
 log = logging.getLogger(__name__)
 
@@ -40,27 +39,6 @@ RUN_PATTERN = "ions/{ion}/runs/{run}"
 RESTART_REASON = (
     "the executor restarted while this run was in progress; relaunch it with `relive relaunch RUN`"
 )
-
-
-def environment(ray_version: str) -> pb.Environment:
-    packages = {}
-    for dist in importlib.metadata.distributions():
-        name = dist.name
-        if name:
-            packages[name.lower()] = dist.version
-    return pb.Environment(
-        python_version=sys.version.split()[0],
-        packages=packages,
-        platform=platform.platform(),
-        ray_version=ray_version,
-    )
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
 
 
 class ExecutorService:
@@ -83,15 +61,10 @@ class ExecutorService:
         self.ray = ray
         self.remote = remote
         self.code_path = list(code_path)
-        self._active: dict[str, RunExecution] = {}
+        self.live = LiveRuns(store)
+        self.recorded = RecordedRuns(recorder, store)
         self._sinks: dict[str, RecorderSink] = {}
         self._lock = threading.Lock()
-        self._changed = threading.Condition()
-        self._dirty: dict[str, pb.Run] = {}
-        self._wake = threading.Event()
-        self._closing = threading.Event()
-        self._writer_thread = threading.Thread(target=self._writer, name="run-writer", daemon=True)
-        self._writer_thread.start()
 
     # ----- lifecycle of the service
 
@@ -99,7 +72,7 @@ class ExecutorService:
         """Marks runs that a previous executor left unfinished as FAILED, with the reason."""
         count = 0
         for run, project in self.store.unfinished():
-            if run.name in self._active:
+            if self.live.get(run.name) is not None:
                 continue
             run.state = pb.RUN_STATE_FAILED
             run.is_terminal = True
@@ -110,9 +83,9 @@ class ExecutorService:
                     n.state = pb.RUN_STATE_CANCELLED
             self.store.save(run)
             try:
-                sink = self._sink(_ion_of(run.name), project)
+                sink = self._sink(ion_of(run.name), project)
                 sink.emit(
-                    EventFactory(_ion_of(run.name), run.name, trace_id=run.trace_id).error(
+                    EventFactory(ion_of(run.name), run.name, trace_id=run.trace_id).error(
                         "run.failed", "ExecutorRestarted", RESTART_REASON
                     )
                 )
@@ -123,15 +96,12 @@ class ExecutorService:
         return count
 
     def shutdown(self, wait: float = 5.0) -> None:
-        with self._lock:
-            active = list(self._active.values())
+        active = self.live.all()
         for ex in active:
             ex.cancel("the executor stopped while the run was in progress")
         for ex in active:
             ex.join(wait)
-        self._closing.set()
-        self._wake.set()
-        self._writer_thread.join(5)
+        self.live.close()
         for sink in list(self._sinks.values()):
             try:
                 sink.close()
@@ -156,8 +126,7 @@ class ExecutorService:
 
     def _known_project(self, name: str) -> str | None:
         """The project of a run of this executor (one store read at most), or None."""
-        with self._lock:
-            ex = self._active.get(name)
+        ex = self.live.get(name)
         return ex.env.project if ex is not None else self.store.project_of(name)
 
     def _run_project(self, name: str, field: str) -> str:
@@ -186,12 +155,10 @@ class ExecutorService:
 
     def get(self, name: str) -> pb.Run:
         parse_name(name, RUN_PATTERN)
-        with self._lock:
-            ex = self._active.get(name)
+        ex = self.live.get(name)
         if ex is not None:
             self._visible(ex.env.project, f"run {name}", "name")
-            with ex._lock:
-                return _copy(ex.run)
+            return ex.snapshot()
         run, project = self.store.get_with_project(name) or (None, None)
         self._visible(project, f"run {name}", "name")
         assert run is not None
@@ -203,21 +170,13 @@ class ExecutorService:
         limit = page_size(size)
         cursor = decode_token(token, {"parent": parent}).get("before")
         rows = self.store.list_runs(ion, limit + 1, cursor)
-        runs = [self._fresh(r) for _, r in rows[:limit]]
+        runs = [self.live.fresh(r) for _, r in rows[:limit]]
         next_token = (
             encode_token({"parent": parent, "before": rows[limit - 1][0]})
             if len(rows) > limit
             else ""
         )
         return runs, next_token
-
-    def _fresh(self, run: pb.Run) -> pb.Run:
-        with self._lock:
-            ex = self._active.get(run.name)
-        if ex is None:
-            return run
-        with ex._lock:
-            return _copy(ex.run)
 
     def cancel(self, name: str) -> pb.Run:
         run = self.get(name)
@@ -227,8 +186,7 @@ class ExecutorService:
                 "to cancel",
                 field="name",
             )
-        with self._lock:
-            ex = self._active.get(name)
+        ex = self.live.get(name)
         if ex is None:
             raise errors.FailedPrecondition(
                 f"run {name} is not running in this executor", field="name"
@@ -242,8 +200,8 @@ class ExecutorService:
         yield run
         last = run.SerializeToString()
         while not run.is_terminal and alive():
-            with self._changed:
-                self._changed.wait(0.5)
+            with self.live.changed:
+                self.live.changed.wait(0.5)
             run = self.get(name)
             data = run.SerializeToString()
             if data != last:
@@ -256,8 +214,7 @@ class ExecutorService:
         run = self.get(run_name)
         if node not in run.spec.definition.nodes:
             raise errors.NotFound(f"run {run_name} has no node {node!r}", field="node")
-        with self._lock:
-            ex = self._active.get(run_name)
+        ex = self.live.get(run_name)
         if ex is None or not ex.decide(node, approve, user or "anonymous", comment):
             state = next((pb.RunState.Name(n.state) for n in run.nodes if n.node == node), "?")
             raise errors.FailedPrecondition(
@@ -266,44 +223,6 @@ class ExecutorService:
                 reason="NOT_WAITING",
             )
         return self.get(run_name)
-
-    def _on_change(self, run: pb.Run) -> None:
-        """Watchers hear at once; the store gets the newest state from a background writer,
-        except the terminal state, which is written before anyone is told the run ended."""
-        if run.is_terminal:
-            with self._lock:
-                self._dirty.pop(run.name, None)
-            self.store.save(run)
-            with self._lock:
-                self._active.pop(run.name, None)
-        else:
-            with self._lock:
-                self._dirty[run.name] = run
-            self._wake.set()
-        with self._changed:
-            self._changed.notify_all()
-
-    def _writer(self) -> None:
-        while not self._closing.is_set():
-            self._wake.wait(1.0)
-            self._wake.clear()
-            self._write_dirty()
-            self._closing.wait(0.1)
-
-    def _write_dirty(self) -> None:
-        with self._lock:
-            dirty, self._dirty = self._dirty, {}
-        for name, _run in dirty.items():
-            ex = self._active.get(name)
-            if ex is None:
-                continue  # ended meanwhile: its terminal state was written already
-            with ex._lock:
-                snapshot = _copy(ex.run)
-            if not snapshot.is_terminal:
-                try:
-                    self.store.save(snapshot)
-                except Exception:
-                    log.warning("could not save run %s", name, exc_info=True)
 
     # ----- launch
 
@@ -319,7 +238,7 @@ class ExecutorService:
         project = self._ion_project(ion, "parent")
         request_key = f"{ion}:{request_id}" if request_id else ""
         if request_key and (existing := self.store.by_request(request_key)):
-            return self._fresh(existing)
+            return self.live.fresh(existing)
         if revision_id < 0:
             raise errors.InvalidArgument(
                 f"revision_id must be positive, got {revision_id}", field="revision_id"
@@ -338,108 +257,29 @@ class ExecutorService:
             definition_sha256=revision.definition_sha256,
             definition=revision.definition,
             seed=seed or random.randrange(1, 2**31),
-            environment=environment(getattr(self.ray, "__version__", "")),
+            environment=launch.environment(getattr(self.ray, "__version__", "")),
         )
         spec.code_refs.extend(revision.code_refs)
         spec.overrides.update(overrides)
-        self._resolve_params(spec, revision.definition, overrides)
-        self._resolve_datasets(spec)
+        launch.resolve_params(spec, revision.definition, overrides)
+        launch.resolve_datasets(spec)
         spec.launch_number = self.store.next_number(f"launch:{ion}")
-        self._pin_scheduled(spec, ion)
-        return self._start(ion, project, spec, Replay(), request_key=request_key)
-
-    def _resolve_params(
-        self,
-        spec: pb.LaunchSpec,
-        definition: registry_pb2.IonDefinition,
-        overrides: Mapping[str, str],
-    ) -> None:
-        resolved: dict[str, dict[str, Any]] = {}
-        for node_id, node in definition.nodes.items():
-            if node.WhichOneof("kind") == "pipeline":
-                for comp_id, comp in node.pipeline.components.items():
-                    resolved[f"{node_id}.{comp_id}"] = struct_to_dict(comp.params)
-            elif node.WhichOneof("kind") == "policy":
-                resolved[node_id] = struct_to_dict(node.policy.params)
-        for key, text in sorted(overrides.items()):
-            field = f"overrides[{key}]"
-            target, _, param = key.rpartition(".")
-            if not target or not param:
-                raise errors.InvalidArgument(
-                    f"--set {key}: use NODE.COMPONENT.PARAM (or NODE.PARAM for a policy)",
-                    field=field,
-                )
-            if target not in resolved:
-                node_id = target.split(".")[0]
-                if node_id not in definition.nodes:
-                    raise errors.InvalidArgument(
-                        f"--set {key}: the ION has no node {node_id!r} "
-                        f"(nodes: {', '.join(sorted(definition.nodes))})",
-                        field=field,
-                    )
-                raise errors.InvalidArgument(
-                    f"--set {key}: node {node_id!r} has no component {target.partition('.')[2]!r}",
-                    field=field,
-                )
-            if param not in resolved[target]:
-                known = ", ".join(sorted(resolved[target])) or "none"
-                raise errors.InvalidArgument(
-                    f"--set {key}: {target} has no parameter {param!r} (its parameters: {known})",
-                    field=field,
-                )
-            resolved[target][param] = _parse_value(text)
-        for key, values in resolved.items():
-            s = struct_pb2.Struct()
-            s.update(values)
-            spec.params[key].CopyFrom(s)
-
-    def _resolve_datasets(self, spec: pb.LaunchSpec) -> None:
-        seen: set[str] = set()
-        for key in sorted(spec.params):
-            for param, value in struct_to_dict(spec.params[key]).items():
-                if not datasets.looks_like_dataset(param, value):
-                    continue
-                uri = datasets.normalize(str(value))
-                if uri in seen:
-                    continue
-                seen.add(uri)
-                try:
-                    digest, size = datasets.content_hash(uri)
-                except (OSError, ValueError) as e:
-                    raise errors.InvalidArgument(
-                        f"{key}.{param}: dataset {value!r} cannot be read: {e}",
-                        field=f"params[{key}.{param}]",
-                    ) from e
-                spec.dataset_refs.append(
-                    registry_pb2.DatasetRef(uri=uri, sha256=digest, size_bytes=size)
-                )
-
-    def _pin_scheduled(self, spec: pb.LaunchSpec, ion: str) -> None:
-        """Nodes whose schedule skips this launch reuse the newest models they made before."""
-        for node_id, node in spec.definition.nodes.items():
-            every = node.schedule.every_launches
-            if every <= 1 or (spec.launch_number - 1) % every == 0:
-                continue
-            for run in self.store.all_of(ion):
-                nr = next((n for n in run.nodes if n.node == node_id), None)
-                if nr and nr.state == pb.RUN_STATE_SUCCEEDED and nr.outputs:
-                    for out, version in nr.outputs.items():
-                        spec.pinned_models[f"{node_id}.{out}"] = version
-                    break
+        launch.pin_scheduled(spec, lambda: self.store.all_of(ion))
+        return self._start(ion, project, spec, RelaunchPlan(), request_key=request_key)
 
     def _start(
         self,
         ion: str,
         project: str,
         spec: pb.LaunchSpec,
-        replay: Replay,
+        plan: RelaunchPlan,
         *,
         request_key: str = "",
         relaunch_of: str = "",
         source_capture: str = "",
         allow_drift: bool = False,
     ) -> pb.Run:
-        policies.topo_order(policies.dependencies(spec.definition))
+        graph.topo_order(graph.dependencies(spec.definition))
         number = self.store.next_number(f"run:{ion}")
         name = f"ions/{ion}/runs/run-{number}-{os.urandom(3).hex()}"
         run = pb.Run(
@@ -483,9 +323,8 @@ class ExecutorService:
             access=self._delegated(project),
             allow_drift=allow_drift,
         )
-        ex = RunExecution(run, env, replay, self._on_change, run_span=run_span)
-        with self._lock:
-            self._active[name] = ex
+        ex = RunExecution(run, env, plan, self.live.on_change, run_span=run_span)
+        self.live.add(name, ex)
         ex.start()
         return self.get(name)
 
@@ -499,183 +338,53 @@ class ExecutorService:
         if run:
             ion = parse_name(run, RUN_PATTERN, "run")["ion"]
             project = self._recorded_run_project(run, "run")
-            spec, original = self._spec_of_run(run, project)
+            spec, original = self.recorded.spec_of_run(run, project)
         else:
             ion = parse_name(capture, "ions/{ion}/captures/{capture}", "capture")["ion"]
             project = self._ion_project(ion, "capture")
-            spec, original = self._spec_of_capture(capture, project)
+            spec, original = self.recorded.spec_of_capture(capture, project)
         request_key = f"{ion}:relaunch:{request_id}" if request_id else ""
         if request_key and (existing := self.store.by_request(request_key)):
-            return self._fresh(existing)
+            return self.live.fresh(existing)
         if not allow_drift:
-            problems = drift.code_problems(spec.code_refs, self.code_path)
-            reason = "CODE_UNREACHABLE"
-            if not problems:
-                problems = drift.dataset_problems(spec.dataset_refs)
-                reason = "DATASET_CHANGED"
-            if problems:
-                raise errors.FailedPrecondition(
-                    f"cannot relaunch {original}: {problems[0]}; pass --allow-drift to run anyway",
-                    field="allow_drift",
-                    reason=reason,
-                )
-        recorded = self._recorded(ion, project, original)
-        new_spec = pb.LaunchSpec()
-        new_spec.CopyFrom(spec)
-        replay = Replay(
-            approvals=recorded["approvals"],
-            swaps=recorded["swaps"],
-            retrains=recorded["retrains"],
-            relaunch=True,
-        )
-        if pipelines:
-            deps = policies.dependencies(spec.definition)
-            for p in pipelines:
-                node = spec.definition.nodes.get(p)
-                if node is None or node.WhichOneof("kind") != "pipeline":
-                    raise errors.InvalidArgument(
-                        f"--pipeline {p}: the ION has no pipeline node {p!r} (pipelines: "
-                        + ", ".join(
-                            sorted(
-                                n
-                                for n, d in spec.definition.nodes.items()
-                                if d.WhichOneof("kind") == "pipeline"
-                            )
-                        )
-                        + ")",
-                        field="pipelines",
-                    )
-            chosen = set(pipelines)
-            for n in policies.topo_order(deps):
-                node = spec.definition.nodes[n]
-                if node.WhichOneof("kind") == "policy" and deps[n]:
-                    kind = node.policy.type
-                    needs_all = kind == registry_pb2.POLICY_TYPE_CANARY
-                    hits = [d in chosen for d in deps[n]]
-                    if all(hits) if needs_all else any(hits):
-                        chosen.add(n)
-            replay.execute = chosen
-            outputs: dict[str, dict[str, str]] = recorded["outputs"]
-            for n in spec.definition.nodes:
-                if n in chosen:
-                    continue
-                for out, version in outputs.get(n, {}).items():
-                    new_spec.pinned_models[f"{n}.{out}"] = version
+            self._refuse_drift(spec, original)
+        recorded = self.recorded.for_relaunch(f"ions/{ion}", project, original)
+        plan, new_spec = relaunch.plan(spec, recorded, pipelines)
         return self._start(
             ion,
             project,
             new_spec,
-            replay,
+            plan,
             request_key=request_key,
             relaunch_of=original,
             source_capture=capture,
             allow_drift=allow_drift,
         )
 
-    def _spec_of_run(self, name: str, project: str) -> tuple[pb.LaunchSpec, str]:
-        run = self.store.get(name)
-        if run is not None:
-            return run.spec, name
-        ion = _ion_of(name)
-        for e in self.recorder.events(ion, project=project, runs=[name], types=["run.launched"]):
-            return _spec_from_event(e), name
-        raise errors.NotFound(
-            f"run {name} does not exist here, and the recorder holds no run.launched event for it",
-            field="run",
-        )
-
-    def _spec_of_capture(self, name: str, project: str) -> tuple[pb.LaunchSpec, str]:
-        cap = self.recorder.get_capture(name, project)
-        ion = "/".join(name.split("/")[:2])
-        for e in self.recorder.events(
-            ion, project=project, types=["run.launched"], start=cap.start_time, end=cap.end_time
-        ):
-            if e.type == "run.launched" and "spec" in struct_to_dict(e.lifecycle.details):
-                return _spec_from_event(e), e.run
-        raise errors.FailedPrecondition(
-            f"capture {name} holds no launch spec: there is no run.launched event in its window "
-            f"{cap.start_time.ToJsonString()} to {cap.end_time.ToJsonString()}; make a capture "
-            "whose window covers the launch",
-            field="capture",
-            reason="NO_LAUNCH_SPEC",
-        )
-
-    def _recorded(self, ion: str, project: str, run: str) -> dict[str, Any]:
-        """What the original run recorded: node outputs, approvals, swaps and retrainings."""
-        outputs: dict[str, dict[str, str]] = {}
-        approvals: dict[tuple[str, int], tuple[bool, str, str]] = {}
-        swaps: dict[str, list[tuple[int, int]]] = {}
-        retrains: dict[str, list[tuple[int, int]]] = {}
-        wanted = [
-            "node.finished",
-            "node.skipped",
-            "human.approval",
-            "stream.swap",
-            "stream.retrain",
-        ]
-        for e in self.recorder.events(f"ions/{ion}", project=project, runs=[run], types=wanted):
-            if e.type in ("node.finished", "node.skipped"):
-                details = struct_to_dict(e.lifecycle.details)
-                if int(details.get("round", 0)) == 0:
-                    outputs[e.node] = {k: str(v) for k, v in details.get("outputs", {}).items()}
-            elif e.type == "human.approval":
-                round_ = int(e.component[1:]) if e.component.startswith("@") else 0
-                approvals[(e.node, round_)] = (
-                    e.human_action.action == "approve",
-                    e.human_action.user,
-                    e.human_action.comment,
-                )
-            elif e.type in ("stream.swap", "stream.retrain"):
-                d = struct_to_dict(e.custom.data)
-                target = swaps if e.type == "stream.swap" else retrains
-                target.setdefault(e.node, []).append((int(d["round"]), int(d["batch"])))
-        stored = self.store.get(run)
-        if stored is not None:
-            for n in stored.nodes:
-                if n.outputs and n.node not in outputs:
-                    outputs[n.node] = dict(n.outputs)
-        return {"outputs": outputs, "approvals": approvals, "swaps": swaps, "retrains": retrains}
+    def _refuse_drift(self, spec: pb.LaunchSpec, original: str) -> None:
+        """FailedPrecondition when the recorded code or datasets cannot be had as they were."""
+        problems = drift.code_problems(spec.code_refs, self.code_path)
+        reason = "CODE_UNREACHABLE"
+        if not problems:
+            problems = drift.dataset_problems(spec.dataset_refs)
+            reason = "DATASET_CHANGED"
+        if problems:
+            raise errors.FailedPrecondition(
+                f"cannot relaunch {original}: {problems[0]}; pass --allow-drift to run anyway",
+                field="allow_drift",
+                reason=reason,
+            )
 
     # ----- verification
 
     def verify(self, original: str, relaunch: str, tolerance: float) -> pb.Verification:
-        ion_a = parse_name(original, RUN_PATTERN, "original")["ion"]
-        ion_b = parse_name(relaunch, RUN_PATTERN, "relaunch")["ion"]
+        parse_name(original, RUN_PATTERN, "original")
+        parse_name(relaunch, RUN_PATTERN, "relaunch")
         if tolerance < 0:
             raise errors.InvalidArgument("tolerance must not be negative", field="tolerance")
-        tol = tolerance or 1e-9
         project_a = self._recorded_run_project(original, "original")
         project_b = self._recorded_run_project(relaunch, "relaunch")
-        a = list(self.recorder.events(f"ions/{ion_a}", project=project_a, runs=[original]))
-        b = list(self.recorder.events(f"ions/{ion_b}", project=project_b, runs=[relaunch]))
-        for events, name, field in ((a, original, "original"), (b, relaunch, "relaunch")):
-            if not events:
-                raise errors.NotFound(f"the recorder holds no events of run {name}", field=field)
-        launched = next((e for e in a if e.type == "run.launched"), None)
-        if launched is not None:
-            nodes = sorted(_spec_from_event(launched).definition.nodes)
-        else:
-            nodes = sorted({e.node for e in a if e.node})
-        stored = self.store.get(original)
-        outputs = {n.node: dict(n.outputs) for n in stored.nodes} if stored else None
-        return compare_runs(original, relaunch, nodes, a, b, tol, outputs)
-
-
-def _copy(run: pb.Run) -> pb.Run:
-    out = pb.Run()
-    out.CopyFrom(run)
-    return out
-
-
-def _ion_of(run_name: str) -> str:
-    return "/".join(run_name.split("/")[:2])
-
-
-def _spec_from_event(e: event_pb2.Event) -> pb.LaunchSpec:
-    details = json_format.MessageToDict(e.lifecycle.details, preserving_proto_field_name=True)
-    spec = pb.LaunchSpec()
-    json_format.ParseDict(details.get("spec", {}), spec, ignore_unknown_fields=True)
-    return spec
+        return self.recorded.verify((original, project_a), (relaunch, project_b), tolerance or 1e-9)
 
 
 __all__ = ["ExecutorService", "check_id"]
