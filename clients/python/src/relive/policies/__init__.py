@@ -48,6 +48,7 @@ def by_name(name: str) -> Kind | None:
 
 
 def by_enum(value: int) -> Kind | None:
+    """The kind of a ``Policy.type``; None for an unknown value (a newer registry's)."""
     return next((k for k in KINDS if k.enum == value), None)
 
 

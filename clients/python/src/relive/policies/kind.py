@@ -47,7 +47,7 @@ class Kind:
     """One row of the table: the ION name, the proto enum value, and the module's spec."""
 
     name: str
-    enum: int  # relive.registry.v1.PolicyType
+    enum: registry_pb2.PolicyType.ValueType
     spec: PolicySpec
 
     def validate(self, values: Mapping[str, Any], fail: p.Fail) -> None:

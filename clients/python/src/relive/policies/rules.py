@@ -36,6 +36,12 @@ _CMP: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
 }
+_NOT_COMPARISONS: dict[type[ast.cmpop], str] = {
+    ast.Is: "is",
+    ast.IsNot: "is not",
+    ast.In: "in",
+    ast.NotIn: "not in",
+}
 _BIN: dict[type[ast.operator], Callable[[float, float], float]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -108,9 +114,8 @@ def _check_condition(node: ast.expr, rule: str) -> None:
     elif isinstance(node, ast.Compare):
         for op in node.ops:
             if type(op) not in _CMP:
-                raise RuleError(
-                    rule, f"is not a valid rule: {type(op).__name__} is not a comparison; {HINT}"
-                )
+                word = _NOT_COMPARISONS.get(type(op), type(op).__name__)
+                raise RuleError(rule, f"is not a valid rule: {word!r} is not a comparison; {HINT}")
         for term in (node.left, *node.comparators):
             _check_term(term, rule)
     else:

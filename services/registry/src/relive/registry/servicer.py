@@ -72,7 +72,7 @@ def definition_to_pb(d: dict[str, Any]) -> pb.IonDefinition:
             policy = node["policy"]
             kind = policies.by_name(policy["type"])
             assert kind is not None, policy["type"]  # the definition was validated
-            n.policy.type = kind.enum  # type: ignore[assignment]
+            n.policy.type = kind.enum
             n.policy.params.update(policy["params"])
     out.edges.extend(
         pb.Edge(from_node=e["from"], to_node=e["to"], carries=e["carries"]) for e in d["edges"]
