@@ -4,11 +4,21 @@
 from __future__ import annotations
 
 import pytest
+from google.protobuf import json_format
 
 from relive.executor.v1 import executor_pb2 as pb
 from tests.executor_fixtures import EXAMPLES, Stack, ray_session, since, stack, wait_for  # noqa: F401
 
-PATTERNS = ["offline", "retrain", "approval", "ensemble", "canary", "ab_split", "churn"]
+PATTERNS = [
+    "offline",
+    "retrain",
+    "approval",
+    "ensemble",
+    "canary",
+    "ab_split",
+    "churn",
+    "champion_challenger",
+]
 
 
 def _launch(stack: Stack, ion: str) -> pb.Run:
@@ -58,6 +68,8 @@ def test_example_relaunched_from_capture_matches(stack: Stack, pattern: str) -> 
     assert sum(n.compared for n in verification.nodes) > 0
     if pattern == "retrain":
         _check_streaming(stack, ion, original, relaunch)
+    if pattern == "champion_challenger":
+        _check_champion_challenger(stack, ion, original, relaunch)
 
 
 def _swapped(stack: Stack, ion: str, run: pb.Run) -> bool:
@@ -96,3 +108,45 @@ def _check_streaming(stack: Stack, ion: str, original: pb.Run, relaunch: pb.Run)
         if e.node == "canary" and e.stat.name == "canary.disagreement"
     ]
     assert len(canary) == 1 and 0.0 <= canary[0].stat.value <= 1.0
+
+
+def _decision(stack: Stack, ion: str, run: pb.Run) -> dict[str, object]:
+    (event,) = stack.recorder.list_events(ion, runs=[run.name], types=["champion.decision"])
+    assert event.node == "pick"
+    return json_format.MessageToDict(event.custom.data)
+
+
+def _check_champion_challenger(stack: Stack, ion: str, original: pb.Run, relaunch: pb.Run) -> None:
+    """The winner by the recorded accuracies is passed on and scores; the relaunch replays
+    the decision, also when it reuses one side's model instead of training it again."""
+    decision = _decision(stack, ion, original)
+    champion, challenger = decision["champion_value"], decision["challenger_value"]
+    assert isinstance(champion, float) and isinstance(challenger, float)
+    winner = "challenger" if challenger - champion >= 0.02 and challenger > champion else "champion"
+    assert decision["winner"] == winner and decision["winner_node"] == winner
+    assert decision["gain"] == pytest.approx(challenger - champion)
+    nodes = {n.node: n for n in original.nodes}
+    assert decision["model_version"] == nodes[winner].outputs["model"]
+    assert nodes["pick"].outputs["model"] == nodes[winner].outputs["model"]
+    loaded = stack.recorder.list_events(ion, runs=[original.name], types=["model.loaded"])
+    assert {e.model.model_version for e in loaded if e.node == "infer"} == {
+        nodes[winner].outputs["model"]
+    }
+
+    again = _decision(stack, ion, relaunch)
+    assert again["replayed"] is True and again["winner"] == winner
+    assert again["champion_value"] == champion and again["challenger_value"] == challenger
+
+    # Only the challenger trains again: the champion's model and accuracy come from the
+    # recording, and the recorded decision stands.
+    partial = stack.executor.relaunch(run=original.name, pipelines=["challenger"])
+    partial = stack.executor.wait(partial.name, timeout=300)
+    assert partial.state == pb.RUN_STATE_SUCCEEDED, partial.error_message
+    reused = {n.node: n for n in partial.nodes}
+    assert not reused["champion"].executed and reused["pick"].executed
+    replayed = _decision(stack, ion, partial)
+    assert replayed["winner"] == winner and replayed["champion_value"] == champion
+    verification = stack.executor.verify(original.name, partial.name)
+    assert verification.status == pb.VERIFICATION_STATUS_MATCH, [
+        (n.node, n.reason) for n in verification.nodes
+    ]
