@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relive.pipeline.events import EventFactory, ListSink, struct_to_dict
+from relive.pipeline.events import EventFactory, struct_to_dict
 from relive.pipeline.models import MemoryModelStore, StoredModel, dumps, loads
 from relive.policies import Decision, PolicyFailed, by_enum
 from relive.policies.context import Outcome, Where
@@ -53,7 +53,7 @@ class MemoryContext:
         self.round = round_
         self.seed = seed
         self.results = dict(results or {})
-        self.sink = ListSink()
+        self.emitted: list[Event] = []
         self.events = EventFactory("ions/test", "ions/test/runs/run-1")
         self.store = MemoryModelStore()
         self._recorded = dict(recorded or {})
@@ -65,7 +65,7 @@ class MemoryContext:
         return {"node": self.node, "component": "" if self.round == 0 else f"@{self.round}"}
 
     def emit(self, event: Event) -> None:
-        self.sink.emit(event)
+        self.emitted.append(event)
 
     def incoming(self) -> tuple[dict[str, str], dict[str, float]]:
         models: dict[str, str] = {}
@@ -122,7 +122,7 @@ class MemoryContext:
         return kind.run(self, values)
 
     def of_type(self, event_type: str) -> list[Event]:
-        return [e for e in self.sink.events if e.type == event_type]
+        return [e for e in self.emitted if e.type == event_type]
 
 
 __all__ = ["Made", "MemoryContext", "ion"]

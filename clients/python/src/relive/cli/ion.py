@@ -124,8 +124,10 @@ def _show(args: argparse.Namespace) -> int:
 
 def _describe(node: pb.Node) -> str:
     if node.HasField("policy"):
-        kind = pb.PolicyType.Name(node.policy.type).removeprefix("POLICY_TYPE_").lower()
-        return f"policy {kind}"
+        from relive import policies  # the kinds' table; numpy with it, so only when needed
+
+        kind = policies.by_enum(node.policy.type)
+        return f"policy {kind.name if kind else node.policy.type}"
     parts = [f"pipeline of {len(node.pipeline.components)} components"]
     components = node.pipeline.components
     calls = (components[c].call or " ".join(components[c].command) for c in components)

@@ -4,6 +4,10 @@ The registry validates an ION's policy parameters with these declarations, and t
 fills in their defaults when it runs a policy, so both read the same declaration. The
 messages are the registry's: a ``Fail`` callback turns (path under ``params``, problem) into
 the error it raises, naming the file, line and field.
+
+Written by hand rather than with a schema library (jsonschema, pydantic): the checks are a
+few lines each, and the messages must stay the registry's own, word for word, with the path
+of the value (a share inside ``weights``, a member of ``members``) for its line.
 """
 
 from __future__ import annotations
