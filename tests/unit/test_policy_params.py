@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from relive import policies
 from relive.core.errors import InvalidArgument
@@ -67,8 +68,6 @@ def test_valid_params_are_stored_as_written(kind: str, params: str) -> None:
     policy = parsed["nodes"]["pick"]["policy"]
     assert policy["type"] == kind
     # No defaults are added: what the registry stores (and hashes) is what the file says.
-    import yaml
-
     assert policy["params"] == yaml.safe_load(params)
 
 
