@@ -62,16 +62,14 @@ class EventFilter:
     runs: frozenset[str] = frozenset()
     trace_id: str = ""
 
-    def check(self, field_prefix: str = "filter") -> EventFilter:
+    def check(self) -> EventFilter:
         if self.start_ms is not None and self.end_ms is not None and self.end_ms < self.start_ms:
             raise errors.InvalidArgument(
-                f"{field_prefix}.end_time is before {field_prefix}.start_time",
-                field=f"{field_prefix}.end_time",
+                "filter.end_time is before filter.start_time", field="filter.end_time"
             )
         if self.trace_id and not bk.TRACE_ID.match(self.trace_id):
             raise errors.InvalidArgument(
-                f"{field_prefix}.trace_id must be 32 lowercase hex digits",
-                field=f"{field_prefix}.trace_id",
+                "filter.trace_id must be 32 lowercase hex digits", field="filter.trace_id"
             )
         return self
 
@@ -337,12 +335,6 @@ def build_page(segments: Iterable[Segment], size: int, order: str, bound: dict[s
         token = encode_token(payload)
         parts.append(recorder_pb2.ListEventsResponse(next_page_token=token).SerializeToString())
     return b"".join(parts)
-
-
-def parse_page(raw: bytes) -> recorder_pb2.ListEventsResponse:
-    page = recorder_pb2.ListEventsResponse()
-    page.ParseFromString(raw)
-    return page
 
 
 # ---- the reader --------------------------------------------------------------------------

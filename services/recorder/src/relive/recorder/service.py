@@ -22,7 +22,7 @@ from relive.core.config import Config
 from relive.core.names import check_id, decode_token, encode_token, parse_name
 from relive.recorder import bucket as bk
 from relive.recorder import store as st
-from relive.recorder.reader import AppendSignal, EventFilter, Reader, SpanLevels, parse_page
+from relive.recorder.reader import AppendSignal, EventFilter, Reader, SpanLevels
 from relive.recorder.registry_link import Registry
 from relive.recorder.retention import DAY_MS, Action, Windows, judge
 from relive.recorder.v1 import event_pb2
@@ -154,13 +154,6 @@ class RecorderService:
     ) -> bytes:
         """One page as a serialized ListEventsResponse (``Reader.page``)."""
         return self.reader.page(self.ion_of(parent), flt, order, page_size, page_token)
-
-    def list_events(
-        self, parent: str, flt: EventFilter, order: str, page_size: int, page_token: str
-    ) -> tuple[list[event_pb2.Event], str]:
-        """One page as messages (for in-process callers)."""
-        page = parse_page(self.list_events_raw(parent, flt, order, page_size, page_token))
-        return list(page.events), page.next_page_token
 
     def watch(
         self,

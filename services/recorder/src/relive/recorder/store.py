@@ -228,10 +228,6 @@ class Store:
         doc = self.counters.find_one({"key": ion}) or {}
         return {0} | {lv for lv in range(1, len(LEVEL_SPANS_MS)) if doc.get(f"level{lv}")}
 
-    def last_sequence(self, ion: str) -> int:
-        doc = self.counters.find_one({"key": ion})
-        return int(doc["value"]) if doc else 0
-
     def ions(self) -> list[str]:
         """Every ION that ever had an event (the counters collection is one doc per ION)."""
         return sorted(str(d["key"]) for d in self.counters.find({}, {"key": 1}))
