@@ -197,7 +197,7 @@ class Exporter:
         work = self._workdir()
         try:
             total = sum(
-                s.count for s in self.service.timeline_segments(cap.ion, flt, first_chunk=16)
+                s.count for s in self.service.reader.timeline_segments(cap.ion, flt, first_chunk=16)
             )
             yield (0, total, "events")
             files = _Files(work / "files")
@@ -262,7 +262,7 @@ class Exporter:
             ev_writer.writerow(EVENT_COLUMNS)
             stat_writer = csv.writer(stats_csv)
             stat_writer.writerow(STAT_COLUMNS)
-            for e in self.service.iter_timeline(cap.ion, flt, first_chunk=16):
+            for e in self.service.reader.iter_timeline(cap.ion, flt, first_chunk=16):
                 d = event_to_dict(e)
                 jsonl.write(json.dumps(d, sort_keys=True, separators=(",", ":")))
                 jsonl.write("\n")

@@ -11,17 +11,10 @@ from google.rpc import code_pb2
 
 from relive.core import errors
 from relive.recorder.export import Exporter
-from relive.recorder.service import (
-    ORDER_ARRIVAL,
-    ORDER_TIMELINE,
-    AppendResult,
-    Capture,
-    EventFilter,
-    RecorderService,
-    RetentionPolicy,
-    datetime_to_ms,
-)
+from relive.recorder.reader import ORDER_ARRIVAL, ORDER_TIMELINE, EventFilter
+from relive.recorder.service import Capture, RecorderService, RetentionPolicy, datetime_to_ms
 from relive.recorder.v1 import recorder_pb2, recorder_pb2_grpc
+from relive.recorder.writer import AppendResult
 
 _CODES = {
     "INVALID_ARGUMENT": code_pb2.INVALID_ARGUMENT,

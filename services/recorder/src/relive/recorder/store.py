@@ -1,10 +1,10 @@
 """The recorder's documents and every query it makes. Nothing else touches the database.
 
-Events are stored in buckets, like Temporal's history batches or Loki's chunks: one document
-holds up to ``BUCKET_EVENTS`` serialized ``Event`` protos as one zlib-compressed blob, plus a
-summary used to prune (sequence range, HLC time range, kinds, types, nodes, runs, trace ids).
-Queries go only through single-field indexes on keys built as strings, because the embedded
-store does not use compound indexes. docs/recorder-storage.md describes the layout.
+Events are stored in buckets, like Temporal's history batches or Loki's chunks; what a bucket
+holds and how its keys are built is ``bucket.py``'s business, and this module stores and
+finds the documents it builds. Queries go only through single-field indexes on keys built as
+strings, because the embedded store does not use compound indexes. docs/recorder-storage.md
+describes the layout.
 
 Each ``Store`` owns its own ``MongoClient`` instead of the process-wide mongoengine alias: a
 test (or an import into another deployment) may run two recorders on two databases in one
@@ -15,70 +15,33 @@ below are the schema and the source of the index definitions.
 from __future__ import annotations
 
 import datetime as dt
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import mongoengine as me
-from bson import Binary
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from relive.core.config import Config
-from relive.recorder.v1 import event_pb2, recorder_pb2
-
-# At most this many events per bucket: a page of 1,000 events touches one or two buckets.
-BUCKET_EVENTS = 1000
-# Soft cap on a bucket's uncompressed size.
-BUCKET_BYTES = 4 * 1024 * 1024
-# A bucket never spans more HLC time than the last level; its level is the first whose span
-# bounds it. A window query scans each level from (start - span): tight for dense timelines,
-# and late batches that span minutes do not widen every query.
-LEVEL_SPANS_MS = (1_000, 60_000, 3_600_000, 86_400_000)
-# Summary lists hold at most this many distinct values; more means "cannot prune".
-SUMMARY_MAX = 64
-SEQ_WIDTH = 19
-MS_WIDTH = 15
-MAX_MS = 10**MS_WIDTH - 1
+from relive.recorder.bucket import (
+    LEVEL_SPANS_MS,
+    producer_key,
+    producer_prefix,
+    seq_key,
+    time_prefix,
+)
 
 
-def seq_key(ion: str, seq: int) -> str:
-    return f"{ion}:{seq:0{SEQ_WIDTH}d}"
-
-
-def time_prefix(ion: str, level: int, ms: int) -> str:
-    """Every time key of ``level`` with min time >= ``ms`` sorts at or after this."""
-    return f"{ion}:{level}:{min(max(ms, 0), MAX_MS):0{MS_WIDTH}d}"
-
-
-def time_key(ion: str, level: int, ms: int, last_seq: int) -> str:
-    """Unique: the min time, then the last sequence, so scans can resume after a key."""
-    return f"{time_prefix(ion, level, ms)}:{last_seq:0{SEQ_WIDTH}d}"
-
-
-def escape(value: str) -> str:
-    """Keeps ':' (the key separator) out of free-form parts of keys."""
-    return value.replace("%", "%25").replace(":", "%3A")
-
-
-def producer_prefix(ion: str, producer: str) -> str:
-    return f"{ion}:p:{escape(producer)}:"
-
-
-def producer_key(ion: str, producer: str, pseq: int) -> str:
-    return f"{producer_prefix(ion, producer)}{pseq:0{SEQ_WIDTH}d}"
-
-
-def anonymous_key(ion: str, first_seq: int) -> str:
-    return f"{ion}:s:{first_seq:0{SEQ_WIDTH}d}"
-
-
-def level_of(span_ms: int) -> int:
-    for level, bound in enumerate(LEVEL_SPANS_MS):
-        if span_ms <= bound:
-            return level
-    return len(LEVEL_SPANS_MS) - 1
+def stored_datetime(value: Any) -> dt.datetime | None:
+    """A datetime as stored; some stores hand back ISO strings for ``$set`` values."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    try:
+        parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 # ---- documents ---------------------------------------------------------------------------
@@ -109,10 +72,15 @@ class EventBucket(me.Document):
     nodes = me.ListField(me.StringField(), null=True)
     runs = me.ListField(me.StringField(), null=True)
     traces = me.ListField(me.StringField(), null=True)
+    # Timeline keys [ms, logical, producer, sequence] of the first and last event.
+    first_key = me.ListField()
+    last_key = me.ListField()
+    level = me.IntField()
     # zlib(level 1) of a serialized ListEventsResponse: the events in timeline order, which
     # within one bucket is also sequence order.
     blob = me.BinaryField(required=True)
     create_time = me.DateTimeField()
+    rewrite_time = me.DateTimeField()
 
     meta = {
         "db_alias": "recorder",
@@ -143,6 +111,7 @@ class EventIdClaim(me.Document):
     key = me.StringField(required=True, unique=True)
     sequence = me.IntField(required=True)
     bucket = me.StringField(required=True)
+    claim_time = me.DateTimeField()
     meta = {
         "db_alias": "recorder",
         "collection": "event_ids",
@@ -190,103 +159,6 @@ DOCUMENTS: tuple[type[me.Document], ...] = (
     CaptureDoc,
     RetentionDoc,
 )
-
-
-# ---- blobs -------------------------------------------------------------------------------
-
-
-def encode_events(events: Sequence[event_pb2.Event]) -> bytes:
-    container = recorder_pb2.ListEventsResponse()
-    container.events.extend(events)
-    return zlib.compress(container.SerializeToString(), 1)
-
-
-def decode_events(blob: bytes) -> Any:
-    """The events of a bucket, in timeline order (a repeated field of Event)."""
-    return parse_events(zlib.decompress(blob))
-
-
-def raw_events(blob: bytes) -> bytes:
-    """A bucket's events as a serialized ListEventsResponse, ready to be concatenated into
-    a response: protobuf concatenation appends repeated fields."""
-    return zlib.decompress(blob)
-
-
-def encode_raw(events: Sequence[event_pb2.Event]) -> bytes:
-    container = recorder_pb2.ListEventsResponse()
-    container.events.extend(events)
-    return container.SerializeToString()
-
-
-def encode_token_field(token: str) -> bytes:
-    return recorder_pb2.ListEventsResponse(next_page_token=token).SerializeToString()
-
-
-def parse_page(raw: bytes) -> recorder_pb2.ListEventsResponse:
-    page = recorder_pb2.ListEventsResponse()
-    page.ParseFromString(raw)
-    return page
-
-
-def parse_events(raw: bytes) -> Any:
-    container = recorder_pb2.ListEventsResponse()
-    container.ParseFromString(raw)
-    return container.events
-
-
-def summary_list(values: Iterable[str]) -> list[str] | None:
-    distinct = sorted(v for v in set(values) if v)
-    return distinct if len(distinct) <= SUMMARY_MAX else None
-
-
-def summarize(events: Sequence[event_pb2.Event]) -> dict[str, Any]:
-    """The pruning summary of events in timeline order (the ends bound the times)."""
-    first, last = events[0], events[-1]
-    seqs = [e.sequence for e in events]
-    return {
-        # Timeline keys [ms, logical, producer, sequence] of the ends, so a reader can tell
-        # whether the whole bucket is inside a page without decoding it.
-        "first_key": [first.hlc.physical_ms, first.hlc.logical, first.producer_id, first.sequence],
-        "last_key": [last.hlc.physical_ms, last.hlc.logical, last.producer_id, last.sequence],
-        "first_seq": min(seqs),
-        "last_seq": max(seqs),
-        "min_ms": first.hlc.physical_ms,
-        "max_ms": last.hlc.physical_ms,
-        "count": len(events),
-        "kinds": sorted({int(e.kind) for e in events}),
-        "types": summary_list(e.type for e in events),
-        "nodes": summary_list(e.node for e in events),
-        "runs": summary_list(e.run for e in events),
-        "traces": summary_list(e.trace_id for e in events),
-    }
-
-
-def bucket_document(
-    ion: str,
-    events: Sequence[event_pb2.Event],
-    summary: dict[str, Any],
-    pkey: str,
-    producer: str,
-    pfirst: int,
-    plast: int,
-    now: dt.datetime,
-) -> dict[str, Any]:
-    """The document of one bucket; ``events`` are in timeline order with sequences set."""
-    doc = dict(summary)
-    level = level_of(doc["max_ms"] - doc["min_ms"])
-    doc.update(
-        ion=ion,
-        seq_key=seq_key(ion, doc["last_seq"]),
-        time_key=time_key(ion, level, doc["min_ms"], doc["last_seq"]),
-        level=level,
-        pkey=pkey,
-        producer=producer,
-        pfirst=pfirst,
-        plast=plast,
-        blob=Binary(encode_events(events)),
-        create_time=now,
-    )
-    return doc
 
 
 # ---- the store ---------------------------------------------------------------------------
@@ -355,10 +227,6 @@ class Store:
     def levels_used(self, ion: str) -> set[int]:
         doc = self.counters.find_one({"key": ion}) or {}
         return {0} | {lv for lv in range(1, len(LEVEL_SPANS_MS)) if doc.get(f"level{lv}")}
-
-    def last_sequence(self, ion: str) -> int:
-        doc = self.counters.find_one({"key": ion})
-        return int(doc["value"]) if doc else 0
 
     def ions(self) -> list[str]:
         """Every ION that ever had an event (the counters collection is one doc per ION)."""
@@ -467,13 +335,10 @@ class Store:
             summaries_only=summaries_only,
         )
 
-    def blob_of(self, doc: dict[str, Any]) -> bytes:
-        """A bucket's blob, fetched by its key when the scan left it behind."""
-        blob = doc.get("blob")
-        if blob is None:
-            found = self.buckets.find_one({"seq_key": doc["seq_key"]}, {"blob": 1})
-            blob = found["blob"] if found else zlib.compress(b"", 1)
-        return bytes(blob)
+    def fetch_blob(self, seq_key_value: str) -> bytes | None:
+        """A bucket's blob, for a scan that left the blobs behind; None once it is gone."""
+        found = self.buckets.find_one({"seq_key": seq_key_value}, {"blob": 1})
+        return bytes(found["blob"]) if found else None
 
     def buckets_older_than(self, ion: str, level: int, cutoff_ms: int) -> Iterator[dict[str, Any]]:
         """Buckets of one level whose min time is before ``cutoff_ms``."""
@@ -482,21 +347,9 @@ class Store:
     def delete_bucket(self, seq_key_value: str) -> None:
         self.buckets.delete_one({"seq_key": seq_key_value})
 
-    def rewrite_bucket(
-        self, doc: dict[str, Any], events: Sequence[event_pb2.Event], now: dt.datetime
-    ) -> None:
-        """Keeps only ``events`` (a subset, in timeline order) of a bucket. seq_key and pkey
-        stay, as valid bounds; time_key moves up to the new min time at the same level."""
-        update = summarize(events)
-        level = int(doc.get("level", 0))
-        update.update(
-            time_key=time_key(doc["ion"], level, update["min_ms"], int(doc["last_seq"])),
-            blob=Binary(encode_events(events)),
-            rewrite_time=now,
-        )
-        # The sequence range keeps its upper end, which seq_key encodes.
-        update["last_seq"] = int(doc["last_seq"])
-        self.buckets.update_one({"seq_key": doc["seq_key"]}, {"$set": update})
+    def rewrite_bucket(self, seq_key_value: str, changes: dict[str, Any]) -> None:
+        """Sets the fields a retention rewrite changes (``bucket.rewritten``)."""
+        self.buckets.update_one({"seq_key": seq_key_value}, {"$set": changes})
 
     # -- explicit event ids
 
