@@ -6,7 +6,7 @@ import datetime as dt
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -544,9 +544,3 @@ def _placeholder(spans: dict[str, dict[str, Any]], e: event_pb2.Event, ms: int) 
 
 def rpc_error(e: grpc.RpcError) -> ReliveError:
     return from_rpc_error(e)
-
-
-def iter_chunks(stream: Any) -> Iterator[bytes]:
-    for response in stream:
-        if response.WhichOneof("payload") == "chunk":
-            yield response.chunk

@@ -8,8 +8,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import grpc
-
 from relive import errors as client_errors
 from relive.client.channel import PROJECT_METADATA, Access, call
 from relive.core import errors, identity
@@ -150,7 +148,3 @@ class Recorder:
 
     def close(self) -> None:
         self._channel.close()
-
-
-def is_unavailable(e: BaseException) -> bool:
-    return isinstance(e, grpc.RpcError | client_errors.Unavailable)
