@@ -259,7 +259,6 @@ class Backend:
                 self.executor.ListRuns,
                 executor_pb2.ListRunsRequest(parent=ion, page_size=500),
                 timeout=5.0,
-                attempts=1,
             )
         except ReliveError:
             return {}
@@ -329,7 +328,7 @@ class Backend:
     def run_spec(self, ion: str, run: str) -> dict[str, Any]:
         """The executor's Run; without it, the spec recorded in the run.launched event."""
         try:
-            r = call(self.executor.GetRun, executor_pb2.GetRunRequest(name=run), attempts=1)
+            r = call(self.executor.GetRun, executor_pb2.GetRunRequest(name=run))
             got = run_json(r)
             return {
                 "name": run,

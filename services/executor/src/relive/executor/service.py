@@ -21,6 +21,7 @@ import yaml
 from google.protobuf import json_format, struct_pb2
 
 from relive.client.channel import Access
+from relive.client.recorder import EventSink
 from relive.core import errors, identity
 from relive.core.names import check_id, decode_token, encode_token, page_size, parse_name
 from relive.executor import drift, policies
@@ -30,7 +31,7 @@ from relive.executor.store import RunStore
 from relive.executor.v1 import executor_pb2 as pb
 from relive.executor.verify import verify as compare_runs
 from relive.pipeline import datasets
-from relive.pipeline.events import EventFactory, RecorderSink, struct_to_dict
+from relive.pipeline.events import EventFactory, struct_to_dict
 from relive.recorder.v1 import event_pb2
 from relive.registry.v1 import registry_pb2
 
@@ -84,7 +85,7 @@ class ExecutorService:
         self.remote = remote
         self.code_path = list(code_path)
         self._active: dict[str, RunExecution] = {}
-        self._sinks: dict[str, RecorderSink] = {}
+        self._sinks: dict[str, EventSink] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition()
         self._dirty: dict[str, pb.Run] = {}
@@ -138,12 +139,11 @@ class ExecutorService:
             except Exception:
                 log.warning("could not flush events on shutdown", exc_info=True)
 
-    def _sink(self, ion: str, project: str) -> RecorderSink:
+    def _sink(self, ion: str, project: str) -> EventSink:
         """The executor's own events of ``ion`` (an ION's project never changes)."""
         with self._lock:
             if ion not in self._sinks:
                 self._sinks[ion] = self.recorder.sink(ion, project)
-                self._sinks[ion].flush_every(0.25)
             return self._sinks[ion]
 
     # ----- who sees what: another project's IONs and runs do not exist for the caller
@@ -475,7 +475,8 @@ class ExecutorService:
             recorder=self.recorder.endpoint,
             registry=self.registry.endpoint,
             code_path=self.code_path,
-            sink=sink,
+            # Its flush at the run's end fails the run if the recorder refused its events.
+            sink=sink.for_run(name),
             store=self.registry.models(project),
             remote=self.remote,
             ray=self.ray,
