@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from relive.executor.v1 import executor_pb2 as pb
-from tests.executor_fixtures import EXAMPLES, Stack, ray_session, since, stack, wait_for  # noqa: F401
+from tests.executor_fixtures import EXAMPLES, InProcessStack, ray_session, since, stack, wait_for  # noqa: F401
 
 PATTERNS = ["offline", "retrain", "approval", "ensemble", "canary", "ab_split", "churn"]
 
 
-def _launch(stack: Stack, ion: str) -> pb.Run:
+def _launch(stack: InProcessStack, ion: str) -> pb.Run:
     overrides = {}
     if ion.endswith("/retrain"):
         # Where a swap lands in an original run depends on wall-clock time: retraining must
@@ -27,7 +27,7 @@ def _launch(stack: Stack, ion: str) -> pb.Run:
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
-def test_example_relaunched_from_capture_matches(stack: Stack, pattern: str) -> None:
+def test_example_relaunched_from_capture_matches(stack: InProcessStack, pattern: str) -> None:
     ion = stack.register(EXAMPLES / pattern / "ion.yaml")
     for attempt in range(3):
         start = since()
@@ -60,7 +60,7 @@ def test_example_relaunched_from_capture_matches(stack: Stack, pattern: str) -> 
         _check_streaming(stack, ion, original, relaunch)
 
 
-def _swapped(stack: Stack, ion: str, run: pb.Run) -> bool:
+def _swapped(stack: InProcessStack, ion: str, run: pb.Run) -> bool:
     """Whether retrained models were swapped in, each at its own batch (two rounds that end
     by the same batch swap there together, and the first never scores a batch)."""
     events = stack.recorder.list_events(ion, runs=[run.name], types=["model.swapped"])
@@ -68,7 +68,7 @@ def _swapped(stack: Stack, ion: str, run: pb.Run) -> bool:
     return bool(batches) and len(set(batches)) == len(batches)
 
 
-def _check_streaming(stack: Stack, ion: str, original: pb.Run, relaunch: pb.Run) -> None:
+def _check_streaming(stack: InProcessStack, ion: str, original: pb.Run, relaunch: pb.Run) -> None:
     """Retraining swapped models into the running inference; the relaunch swapped the same
     models (by sha256) at the same batch positions, read from the recording."""
 

@@ -78,8 +78,9 @@ class Endpoints:
         return asdict(self)
 
 
-def data_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The data dir: RELIVE_DATA_DIR, or ``.relive`` under the current directory."""
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The data dir when none is given: RELIVE_DATA_DIR, or ``.relive`` under the current
+    directory. The one place this default is read."""
     env = os.environ if environ is None else environ
     return Path(env.get("RELIVE_DATA_DIR") or DEFAULT_DATA_DIR)
 
@@ -95,7 +96,7 @@ def load_endpoints(environ: Mapping[str, str] | None = None) -> Endpoints:
     elif endpoint:
         found.update(registry=endpoint, recorder=endpoint, executor=endpoint)
     else:
-        path = data_dir(env) / ENDPOINTS_FILE
+        path = default_data_dir(env) / ENDPOINTS_FILE
         if path.exists():
             found.update(json.loads(path.read_text()))
     for service in ("registry", "recorder", "executor"):
@@ -105,7 +106,7 @@ def load_endpoints(environ: Mapping[str, str] | None = None) -> Endpoints:
     if missing:
         raise ReliveError(
             "cannot find the relive services: run `relive up` (which writes "
-            f"{data_dir(env) / ENDPOINTS_FILE}) or set RELIVE_ENDPOINT",
+            f"{default_data_dir(env) / ENDPOINTS_FILE}) or set RELIVE_ENDPOINT",
             field="RELIVE_ENDPOINT",
         )
     return Endpoints(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from relive.client.channel import DEFAULT_DATA_DIR, Access, data_dir
+from relive.client.channel import DEFAULT_DATA_DIR, Access, default_data_dir
 
 
 def _bool(value: str | None) -> bool:
@@ -60,7 +60,7 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Reads ``RELIVE_*`` variables; keyword arguments win over the environment."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {"data_dir": data_dir(env)}
+        values: dict[str, Any] = {"data_dir": default_data_dir(env)}
         if v := env.get("RELIVE_MONGODB_URI"):
             values["mongodb_uri"] = v
         if v := env.get("RELIVE_DB_PREFIX"):
