@@ -66,7 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
             stub = subparsers.add_parser(
                 command, help=f"{help_text} (needs {STACK_PACKAGE})", add_help=False
             )
-            stub.add_argument("rest", nargs=argparse.REMAINDER)
             stub.set_defaults(func=_not_installed)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -75,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # A command that is not installed takes any arguments: it only says what to install.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.func is not _not_installed:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except ReliveError as e:
