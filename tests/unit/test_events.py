@@ -30,8 +30,10 @@ class Wall:
         return self.ms
 
 
-def factory(**kwargs: str) -> EventFactory:
-    return EventFactory(ION, RUN, "train", "fit", "ab" * 16, span_id="cd" * 8, **kwargs)
+def factory(service_name: str = "relive-executor") -> EventFactory:
+    return EventFactory(
+        ION, RUN, "train", "fit", "ab" * 16, span_id="cd" * 8, service_name=service_name
+    )
 
 
 def test_every_kind_carries_its_attributes_and_its_place() -> None:
