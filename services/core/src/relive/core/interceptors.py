@@ -1,4 +1,6 @@
-"""The one place where domain errors become gRPC status codes with google.rpc.ErrorInfo."""
+"""Server interceptors: errors to status codes (the one place; the status itself, with
+google.rpc.ErrorInfo, is built by ``relive.errors``), bearer tokens to identities, and the
+caller's HLC into this process's clock."""
 
 from __future__ import annotations
 
