@@ -59,9 +59,6 @@ _RETRY_STREAM = frozenset(
 )
 
 
-# ---- conversions ---------------------------------------------------------------------------
-
-
 # Codes that may come from the batch itself rather than the connection: retried a few times.
 _SUSPECT = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 MAX_SUSPECT_RETRIES = 5
