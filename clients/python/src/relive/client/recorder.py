@@ -1,8 +1,10 @@
 """The recorder's client side: a typed wrapper of every RPC, and the buffered ``EventSink``.
 
-``EventSink`` is what programs record through. ``record()`` and the ``log_*`` helpers stamp
-each event with the process's hybrid logical clock and a producer identity (producer id plus
-a sequence that increases with the clock), then queue it. A background thread streams
+``EventSink`` is what programs record through. ``record()`` and the ``log_*`` helpers build
+each event with ``relive.events`` straight into the outgoing batch and stamp it with the
+process's hybrid logical clock and a producer identity (producer id plus a sequence that
+increases with the clock), then queue it; ``emit()`` queues a built event the same way, and
+forwards one that carries its own identity unchanged. A background thread streams
 batches over ``StreamEvents``; after a failure it reconnects and sends every unacknowledged
 batch again, unchanged, and the recorder stores each event once. The queue is bounded: when
 it is full ``record()`` blocks (or, with ``block=False``, raises ``BufferFull``). Nothing is
