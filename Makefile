@@ -8,7 +8,7 @@ STAMP := $(VENV)/.synced
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export UV_PYTHON := $(PYTHON)
-PY_SRC := clients/python/src services/core/src services/registry/src services/recorder/src services/executor/src
+PY_SRC := clients/python/src services/core/src services/registry/src services/recorder/src services/executor/src services/stack/src
 PROTO_OUT := clients/python/src
 
 .PHONY: run test unit setup browser screenshots lock protos lint check-protos compose-config bench clean

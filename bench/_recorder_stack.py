@@ -31,7 +31,9 @@ nodes:
 """
 
 
-class Stack:
+class RecorderStack:
+    """The embedded store, a registry in process and the recorder in a child process."""
+
     def __init__(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="relive-bench-"))
         self.store = EmbeddedStore(self.tmp / "data")
@@ -40,7 +42,7 @@ class Stack:
         self.recorder_target = ""
         self.config: Config | None = None
 
-    def __enter__(self) -> Stack:
+    def __enter__(self) -> RecorderStack:
         from relive.registry.server import create_server
 
         uri = self.store.start()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recorder_stack import Stack
+from _recorder_stack import RecorderStack
 
 from relive.client.recorder import RecorderClient
 from relive.recorder.service import RecorderService
@@ -105,7 +105,7 @@ def main() -> None:
     n_mixed = 200_000 if args.quick else 400_000
     samples = 40 if args.quick else 100
     rng = random.Random(7)
-    with Stack() as stack:
+    with RecorderStack() as stack:
         assert stack.config is not None
         big, small, mixed = (stack.create_ion(x) for x in ("big", "small", "mixed"))
         store = Store(stack.config)

@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recorder_stack import Stack
+from _recorder_stack import RecorderStack
 from pymongo import MongoClient
 
 from relive.client.recorder import EventSink, RecorderClient
 
 
-def bench_relive(stack: Stack, n: int, producers: int = 1) -> float:
+def bench_relive(stack: RecorderStack, n: int, producers: int = 1) -> float:
     ion = stack.create_ion("ingest")
     sinks = [
         EventSink(
@@ -124,7 +124,7 @@ def main() -> None:
     n_relive = 200_000 if args.quick else 1_000_000
     n_raw = 30_000 if args.quick else 60_000
     n_mlflow = 20_000 if args.quick else 100_000
-    with Stack() as stack:
+    with RecorderStack() as stack:
         relive = bench_relive(stack, n_relive)
         raw = bench_raw(stack.store.uri, n_raw)
     mlflow_rate, note = bench_mlflow(n_mlflow)

@@ -318,9 +318,9 @@ def main() -> None:
     seconds = args.seconds if args.seconds is not None else (15.0 if args.quick else 60.0)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _recorder_stack import Stack
+    from _recorder_stack import RecorderStack
 
-    with Stack() as stack:
+    with RecorderStack() as stack:
         ion = stack.create_ion("load")
         report = run_load(
             stack.recorder_target,

@@ -29,7 +29,7 @@ from opentelemetry.util.types import Attributes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _recorder_stack import Stack
+from _recorder_stack import RecorderStack
 
 from relive.client.channel import connect_channel
 from relive.client.recorder import EventSink
@@ -77,7 +77,7 @@ def main() -> None:
 
     x, y = load_iris(return_X_y=True)
     switch = Switch()
-    with Stack() as stack:
+    with RecorderStack() as stack:
         ion = stack.create_ion("tracing-bench")
         provider: TracerProvider = make_tracer_provider(
             "relive-bench", recorder_endpoint=stack.recorder_target, ion=ion

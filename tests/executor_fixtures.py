@@ -35,7 +35,9 @@ def ray_session() -> Iterator[object]:
 
 
 @dataclass
-class Stack:
+class InProcessStack:
+    """The three servers of one test, in this process on port 0, and clients of them."""
+
     config: Config
     registry: RegistryClient
     recorder: RecorderClient
@@ -57,7 +59,7 @@ class Stack:
         return cap.name
 
 
-def start_stack(config: Config) -> tuple[list[Server], Stack]:
+def start_stack(config: Config) -> tuple[list[Server], InProcessStack]:
     from relive.executor.server import create_server as executor_server
     from relive.recorder.server import create_server as recorder_server
     from relive.registry.server import create_server as registry_server
@@ -71,7 +73,7 @@ def start_stack(config: Config) -> tuple[list[Server], Stack]:
     exe, exe_port = executor_server(cfg)
     exe.start()
     channels = [grpc.insecure_channel(f"127.0.0.1:{p}") for p in (reg_port, exe_port)]
-    stack = Stack(
+    stack = InProcessStack(
         cfg,
         RegistryClient(channels[0]),
         RecorderClient(f"127.0.0.1:{rec_port}"),
@@ -83,7 +85,7 @@ def start_stack(config: Config) -> tuple[list[Server], Stack]:
 
 
 @pytest.fixture
-def stack(config: Config, ray_session: object) -> Iterator[Stack]:
+def stack(config: Config, ray_session: object) -> Iterator[InProcessStack]:
     servers, s = start_stack(config)
     yield s
     for server in servers:

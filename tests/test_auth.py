@@ -612,7 +612,7 @@ def test_a_deleted_ions_id_stays_with_its_project(churn: Deployment) -> None:
 def test_the_stack_hands_auth_and_tls_to_its_services(
     auth_config: Config, self_signed: tuple[Path, Path]
 ) -> None:
-    from relive.core.stack import Stack, check_auth, check_health
+    from relive.stack.runner import Stack, check_auth, check_health
 
     with pytest.raises(domain_errors.FailedPrecondition, match="RELIVE_SERVICE_TOKEN"):
         check_auth(auth_config.with_(service_token=None))

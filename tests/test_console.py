@@ -29,9 +29,9 @@ from relive.client.executor import ExecutorClient
 from relive.client.registry import RegistryClient
 from relive.console.server import ConsoleServer, serve
 from relive.core.config import Config
-from relive.core.stack import Stack
 from relive.executor.v1 import executor_pb2
 from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
+from relive.stack.runner import Stack
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 

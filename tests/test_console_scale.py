@@ -20,8 +20,8 @@ import pytest
 from relive.client.registry import RegistryClient
 from relive.console.server import ConsoleServer, serve
 from relive.core.config import Config
-from relive.core.stack import Stack
 from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
+from relive.stack.runner import Stack
 from tests.test_console import CHROMIUM, CHROMIUM_ARGS
 
 playwright_api = pytest.importorskip("playwright.sync_api")

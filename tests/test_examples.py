@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import json_format
 
 from relive.executor.v1 import executor_pb2 as pb
-from tests.executor_fixtures import EXAMPLES, Stack, ray_session, since, stack, wait_for  # noqa: F401
+from tests.executor_fixtures import EXAMPLES, InProcessStack, ray_session, since, stack, wait_for  # noqa: F401
 
 PATTERNS = [
     "offline",
@@ -21,7 +21,7 @@ PATTERNS = [
 ]
 
 
-def _launch(stack: Stack, ion: str) -> pb.Run:
+def _launch(stack: InProcessStack, ion: str) -> pb.Run:
     overrides = {}
     if ion.endswith("/retrain"):
         # Where a swap lands in an original run depends on wall-clock time: retraining must
@@ -37,7 +37,7 @@ def _launch(stack: Stack, ion: str) -> pb.Run:
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
-def test_example_relaunched_from_capture_matches(stack: Stack, pattern: str) -> None:
+def test_example_relaunched_from_capture_matches(stack: InProcessStack, pattern: str) -> None:
     ion = stack.register(EXAMPLES / pattern / "ion.yaml")
     for attempt in range(3):
         start = since()
@@ -72,7 +72,7 @@ def test_example_relaunched_from_capture_matches(stack: Stack, pattern: str) -> 
         _check_champion_challenger(stack, ion, original, relaunch)
 
 
-def _swapped(stack: Stack, ion: str, run: pb.Run) -> bool:
+def _swapped(stack: InProcessStack, ion: str, run: pb.Run) -> bool:
     """Whether retrained models were swapped in, each at its own batch (two rounds that end
     by the same batch swap there together, and the first never scores a batch)."""
     events = stack.recorder.list_events(ion, runs=[run.name], types=["model.swapped"])
@@ -80,7 +80,7 @@ def _swapped(stack: Stack, ion: str, run: pb.Run) -> bool:
     return bool(batches) and len(set(batches)) == len(batches)
 
 
-def _check_streaming(stack: Stack, ion: str, original: pb.Run, relaunch: pb.Run) -> None:
+def _check_streaming(stack: InProcessStack, ion: str, original: pb.Run, relaunch: pb.Run) -> None:
     """Retraining swapped models into the running inference; the relaunch swapped the same
     models (by sha256) at the same batch positions, read from the recording."""
 
@@ -110,13 +110,15 @@ def _check_streaming(stack: Stack, ion: str, original: pb.Run, relaunch: pb.Run)
     assert len(canary) == 1 and 0.0 <= canary[0].stat.value <= 1.0
 
 
-def _decision(stack: Stack, ion: str, run: pb.Run) -> dict[str, object]:
+def _decision(stack: InProcessStack, ion: str, run: pb.Run) -> dict[str, object]:
     (event,) = stack.recorder.list_events(ion, runs=[run.name], types=["champion.decision"])
     assert event.node == "pick"
     return json_format.MessageToDict(event.custom.data)
 
 
-def _check_champion_challenger(stack: Stack, ion: str, original: pb.Run, relaunch: pb.Run) -> None:
+def _check_champion_challenger(
+    stack: InProcessStack, ion: str, original: pb.Run, relaunch: pb.Run
+) -> None:
     """The winner by the recorded accuracies is passed on and scores; the relaunch replays
     the decision, also when it reuses one side's model instead of training it again."""
     decision = _decision(stack, ion, original)

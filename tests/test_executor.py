@@ -17,7 +17,7 @@ from relive import errors
 from relive.executor.v1 import executor_pb2 as pb
 from tests.executor_fixtures import (  # noqa: F401
     EXAMPLES,
-    Stack,
+    InProcessStack,
     ray_session,
     since,
     stack,
@@ -66,13 +66,13 @@ def write_ion(tmp_path: Path, name: str, unseeded: bool = False, timeout: float 
 
 
 def approve_when_waiting(
-    stack: Stack, run: str, node: str = "gate", approve: bool = True
+    stack: InProcessStack, run: str, node: str = "gate", approve: bool = True
 ) -> pb.Run:
     wait_for(lambda: stack.executor.get(run).state == pb.RUN_STATE_WAITING, 180)
     return stack.executor.approve(run, node, approve=approve, comment="checked by hand")
 
 
-def test_launch_freezes_spec_and_records_everything(stack: Stack, tmp_path: Path) -> None:
+def test_launch_freezes_spec_and_records_everything(stack: InProcessStack, tmp_path: Path) -> None:
     ion = stack.register(write_ion(tmp_path, "frozen"))
     run = stack.executor.launch(ion, overrides={"train.fit.n_estimators": "7"}, seed=42)
     spec = run.spec
@@ -122,7 +122,7 @@ def test_launch_freezes_spec_and_records_everything(stack: Stack, tmp_path: Path
     assert [r.name for r in listed] == [run.name]
 
 
-def test_bad_input_names_what_is_wrong(stack: Stack, tmp_path: Path) -> None:
+def test_bad_input_names_what_is_wrong(stack: InProcessStack, tmp_path: Path) -> None:
     ion = stack.register(write_ion(tmp_path, "bad"))
     with pytest.raises(errors.NotFound) as e:
         stack.executor.launch(ion, revision=7)
@@ -157,7 +157,9 @@ def test_bad_input_names_what_is_wrong(stack: Stack, tmp_path: Path) -> None:
         stack.executor.relaunch(run=run.name, pipelines=["gate"])
 
 
-def test_unseeded_component_is_caught_as_mismatch_at_its_node(stack: Stack, tmp_path: Path) -> None:
+def test_unseeded_component_is_caught_as_mismatch_at_its_node(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
     ion = stack.register(write_ion(tmp_path, "unseeded", unseeded=True))
     run = stack.executor.launch(ion, seed=5)
     approve_when_waiting(stack, run.name)
@@ -174,7 +176,9 @@ def test_unseeded_component_is_caught_as_mismatch_at_its_node(stack: Stack, tmp_
     assert by_node["gate"].status == pb.VERIFICATION_STATUS_MATCH
 
 
-def test_single_pipeline_relaunch_reuses_the_upstream_model(stack: Stack, tmp_path: Path) -> None:
+def test_single_pipeline_relaunch_reuses_the_upstream_model(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
     ion = stack.register(write_ion(tmp_path, "reuse"))
     run = stack.executor.launch(ion, seed=9)
     approve_when_waiting(stack, run.name)
@@ -201,7 +205,7 @@ def test_single_pipeline_relaunch_reuses_the_upstream_model(stack: Stack, tmp_pa
 
 
 def test_approval_rejected_or_timed_out_fails_the_run_with_the_reason(
-    stack: Stack, tmp_path: Path
+    stack: InProcessStack, tmp_path: Path
 ) -> None:
     ion = stack.register(write_ion(tmp_path, "reject"))
     run = stack.executor.launch(ion)
@@ -217,7 +221,7 @@ def test_approval_rejected_or_timed_out_fails_the_run_with_the_reason(
     assert {n.node: n.state for n in done.nodes}["infer"] == pb.RUN_STATE_CANCELLED
 
 
-def test_cancel_stops_the_ray_tasks(stack: Stack, tmp_path: Path) -> None:
+def test_cancel_stops_the_ray_tasks(stack: InProcessStack, tmp_path: Path) -> None:
     path = tmp_path / "slow.yaml"
     path.write_text(
         textwrap.dedent("""
@@ -244,7 +248,7 @@ def test_cancel_stops_the_ray_tasks(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_relaunch_refuses_a_changed_dataset_unless_drift_is_allowed(
-    stack: Stack, tmp_path: Path
+    stack: InProcessStack, tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(0)
     data = tmp_path / "data.csv"
@@ -279,7 +283,7 @@ def test_relaunch_refuses_a_changed_dataset_unless_drift_is_allowed(
 
 
 def test_command_component_gets_relive_variables_and_traceparent(
-    stack: Stack, tmp_path: Path
+    stack: InProcessStack, tmp_path: Path
 ) -> None:
     script = tmp_path / "component.py"
     script.write_text(
@@ -313,7 +317,9 @@ def test_command_component_gets_relive_variables_and_traceparent(
     assert stack.executor.verify(run.name, again.name).status == pb.VERIFICATION_STATUS_MATCH
 
 
-def test_schedule_every_n_launches_reuses_the_last_model(stack: Stack, tmp_path: Path) -> None:
+def test_schedule_every_n_launches_reuses_the_last_model(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
     text = (
         write_ion(tmp_path, "sched")
         .read_text()
@@ -337,7 +343,7 @@ def test_schedule_every_n_launches_reuses_the_last_model(stack: Stack, tmp_path:
     assert runs[1].spec.pinned_models["train.model"] == first["train"].outputs["model"]
 
 
-def test_runs_left_running_by_a_dead_executor_are_failed_on_start(stack: Stack) -> None:
+def test_runs_left_running_by_a_dead_executor_are_failed_on_start(stack: InProcessStack) -> None:
     from relive.executor.store import RunStore
 
     store = RunStore()
@@ -356,7 +362,9 @@ def test_runs_left_running_by_a_dead_executor_are_failed_on_start(stack: Stack) 
             s.stop(0.5)
 
 
-def test_wall_clock_retraining_is_replayed_by_batch_position(stack: Stack, tmp_path: Path) -> None:
+def test_wall_clock_retraining_is_replayed_by_batch_position(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
     path = tmp_path / "clock.yaml"
     path.write_text(
         textwrap.dedent(f"""

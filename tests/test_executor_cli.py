@@ -15,7 +15,7 @@ from relive.core.config import Config
 from relive.executor.v1 import executor_pb2 as pb
 from tests.executor_fixtures import (  # noqa: F401
     EXAMPLES,
-    Stack,
+    InProcessStack,
     ray_session,
     since,
     stack,
@@ -30,7 +30,7 @@ def relive(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:
 
 
 @pytest.fixture
-def cli_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+def cli_env(stack: InProcessStack, monkeypatch: pytest.MonkeyPatch) -> InProcessStack:
     monkeypatch.setenv("RELIVE_REGISTRY_ENDPOINT", stack.config.registry_endpoint or "")
     monkeypatch.setenv("RELIVE_RECORDER_ENDPOINT", stack.config.recorder_endpoint or "")
     monkeypatch.setenv("RELIVE_EXECUTOR_ENDPOINT", f"127.0.0.1:{stack.executor_server.port}")
@@ -38,7 +38,7 @@ def cli_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
 
 
 def test_cli_launch_relaunch_verify_and_import_elsewhere(
-    cli_env: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path, config: Config
+    cli_env: InProcessStack, capsys: pytest.CaptureFixture[str], tmp_path: Path, config: Config
 ) -> None:
     stack = cli_env
     start = since()

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from examples.patterns.generate import random_ion_yaml
 from relive.executor.v1 import executor_pb2 as pb
-from tests.executor_fixtures import Stack, ray_session, since, stack  # noqa: F401
+from tests.executor_fixtures import InProcessStack, ray_session, since, stack  # noqa: F401
 
 
 @settings(
@@ -20,7 +20,7 @@ from tests.executor_fixtures import Stack, ray_session, since, stack  # noqa: F4
 )
 @given(seed=st.integers(min_value=0, max_value=2**31 - 1))
 def test_random_ion_relaunch_matches_on_every_node(
-    stack: Stack, tmp_path_factory, seed: int
+    stack: InProcessStack, tmp_path_factory, seed: int
 ) -> None:
     name = f"rnd-{seed}"
     path = tmp_path_factory.mktemp("ion") / f"{name}.yaml"

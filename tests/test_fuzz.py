@@ -39,7 +39,7 @@ from relive.recorder.v1 import recorder_pb2
 from relive.registry.v1 import registry_pb2
 from tests.executor_fixtures import (  # noqa: F401
     REPO_ROOT,
-    Stack,
+    InProcessStack,
     ray_session,
     start_stack,
     wait_for,
@@ -84,7 +84,7 @@ class Deployment:
     """A full stack on one database prefix, plus names that exist in it."""
 
     config: Config
-    stack: Stack
+    stack: InProcessStack
     servers: list[Server]
     targets: dict[str, str]
     mongo: MongoClient[dict[str, Any]]

@@ -33,7 +33,7 @@ from relive.hlc import HybridLogicalClock, Stamp, wall_ms
 from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
 from relive.registry.v1 import registry_pb2, registry_pb2_grpc
 from tests import executor_fixtures
-from tests.executor_fixtures import Stack
+from tests.executor_fixtures import InProcessStack
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO / "clients" / "node"
@@ -430,7 +430,9 @@ nodes:
 """
 
 
-def test_node_command_component_in_a_run(node_modules: Path, stack: Stack, tmp_path: Path) -> None:
+def test_node_command_component_in_a_run(
+    node_modules: Path, stack: InProcessStack, tmp_path: Path
+) -> None:
     """The executor launches the Node component as a command; its events land in the run,
     inside the component's own lifecycle, after the Python component it runs after."""
     ion_file = tmp_path / "ion.yaml"

@@ -20,7 +20,7 @@ from relive.client.recorder import RecorderClient
 from relive.core.serving import Server
 from relive.executor.v1 import executor_pb2 as pb
 from relive.recorder.v1 import event_pb2
-from tests.executor_fixtures import Stack, ray_session, stack  # noqa: F401
+from tests.executor_fixtures import InProcessStack, ray_session, stack  # noqa: F401
 
 FOREIGN_CLIENT = textwrap.dedent(
     """
@@ -172,7 +172,9 @@ def test_events_recorded_inside_a_span_carry_it_without_help(
     assert events["outside"].trace_id == "" and events["outside"].span_id == ""
 
 
-def test_a_run_is_one_trace_whose_span_tree_matches_the_ion(stack: Stack, tmp_path: Path) -> None:
+def test_a_run_is_one_trace_whose_span_tree_matches_the_ion(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
     from relive.cli.trace import build_tree
 
     script = tmp_path / "component.py"

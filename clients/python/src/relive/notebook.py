@@ -18,8 +18,6 @@ from typing import Any
 
 import pandas as pd
 
-FRAMES = ("events", "stats", "spans")
-
 
 class CaptureData(Mapping[str, pd.DataFrame]):
     """``events``, ``stats`` and ``spans`` DataFrames, plus the capture's metadata

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -17,12 +15,56 @@ from relive.errors import ReliveError, from_rpc_error
 
 T = TypeVar("T")
 
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED})
 DEFAULT_TIMEOUT_S = 30.0
+# Where `relive up` keeps its data and endpoints file, unless RELIVE_DATA_DIR says otherwise.
+DEFAULT_DATA_DIR = ".relive"
+ENDPOINTS_FILE = "endpoints.json"
+# The call metadata in which a service token names the project it works for (docs/auth.md).
+PROJECT_METADATA = "relive-project"
+# Calls that must not be sent twice: a second approval of a gate is refused, not merged.
+NOT_RETRIED = ("relive.executor.v1.ExecutorService/SubmitApproval",)
+
+
+def retry_service_config(
+    *,
+    max_attempts: int = 5,
+    initial_backoff_s: float = 0.1,
+    max_backoff_s: float = 2.0,
+    not_retried: tuple[str, ...] = NOT_RETRIED,
+) -> str:
+    """gRPC's service config (JSON) that retries UNAVAILABLE, and only that, with jittered
+    exponential backoff, for every method except ``not_retried`` ("package.Service/Method").
+    gRPC retries inside the channel, also the first messages of a stream, and caps
+    maxAttempts at 5; every call still has its own deadline."""
+    retry = {
+        "maxAttempts": max_attempts,
+        "initialBackoff": f"{initial_backoff_s}s",
+        "maxBackoff": f"{max_backoff_s}s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    names = [
+        {"service": service, "method": method}
+        for service, _, method in (name.partition("/") for name in not_retried)
+    ]
+    configs: list[dict[str, Any]] = [{"name": [{}], "retryPolicy": retry}]
+    if names:
+        configs.append({"name": names})
+    return json.dumps({"methodConfig": configs})
+
+
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", retry_service_config()),
 ]
+
+
+def project_metadata(project: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that says which project a service token works for on a call (the
+    services ignore it from anyone else); empty for no project."""
+    return ((PROJECT_METADATA, project),) if project else ()
 
 
 @dataclass(frozen=True)
@@ -36,9 +78,11 @@ class Endpoints:
         return asdict(self)
 
 
-def data_dir(environ: Mapping[str, str] | None = None) -> Path:
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The data dir when none is given: RELIVE_DATA_DIR, or ``.relive`` under the current
+    directory. The one place this default is read."""
     env = os.environ if environ is None else environ
-    return Path(env.get("RELIVE_DATA_DIR") or ".relive")
+    return Path(env.get("RELIVE_DATA_DIR") or DEFAULT_DATA_DIR)
 
 
 def load_endpoints(environ: Mapping[str, str] | None = None) -> Endpoints:
@@ -52,7 +96,7 @@ def load_endpoints(environ: Mapping[str, str] | None = None) -> Endpoints:
     elif endpoint:
         found.update(registry=endpoint, recorder=endpoint, executor=endpoint)
     else:
-        path = data_dir(env) / "endpoints.json"
+        path = default_data_dir(env) / ENDPOINTS_FILE
         if path.exists():
             found.update(json.loads(path.read_text()))
     for service in ("registry", "recorder", "executor"):
@@ -62,7 +106,7 @@ def load_endpoints(environ: Mapping[str, str] | None = None) -> Endpoints:
     if missing:
         raise ReliveError(
             "cannot find the relive services: run `relive up` (which writes "
-            f"{data_dir(env) / 'endpoints.json'}) or set RELIVE_ENDPOINT",
+            f"{default_data_dir(env) / ENDPOINTS_FILE}) or set RELIVE_ENDPOINT",
             field="RELIVE_ENDPOINT",
         )
     return Endpoints(
@@ -81,9 +125,6 @@ class _BearerAuth(grpc.AuthMetadataPlugin):
         callback((("authorization", f"Bearer {self._token}"),), None)
 
 
-PROJECT_METADATA = "relive-project"
-
-
 def connect_channel(
     target: str,
     *,
@@ -91,15 +132,18 @@ def connect_channel(
     project: str | None = None,
     tls_ca: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    traced: bool = True,
 ) -> grpc.Channel:
     """A channel to ``target``; RELIVE_TOKEN, RELIVE_PROJECT and RELIVE_TLS_CA are read when
     not given. ``project`` is the project a service token works for (see docs/auth.md); the
-    services ignore it from anyone else."""
+    services ignore it from anyone else. ``traced`` calls make CLIENT spans and carry the
+    trace context and this process's HLC; the recorder's own lookups are not traced, or
+    the spans it takes in would make spans of their own."""
     env = os.environ if environ is None else environ
     token = token if token is not None else env.get("RELIVE_TOKEN") or None
     project = project if project is not None else env.get("RELIVE_PROJECT") or None
     ca_path = tls_ca or (Path(env["RELIVE_TLS_CA"]) if env.get("RELIVE_TLS_CA") else None)
-    metadata: list[tuple[str, str]] = [(PROJECT_METADATA, project)] if project else []
+    metadata = list(project_metadata(project))
     if ca_path is not None:
         creds = grpc.ssl_channel_credentials(root_certificates=ca_path.read_bytes())
         if token:
@@ -111,8 +155,10 @@ def connect_channel(
         channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         if token:
             metadata.append(("authorization", f"Bearer {token}"))
-    interceptors: list[Any] = [_MetadataInterceptor(tuple(metadata))] if metadata else []
-    return grpc.intercept_channel(channel, _TraceContext(), *interceptors)
+    interceptors: list[Any] = [_TraceContext()] if traced else []
+    if metadata:
+        interceptors.append(_MetadataInterceptor(tuple(metadata)))
+    return grpc.intercept_channel(channel, *interceptors)
 
 
 @dataclass(frozen=True)
@@ -125,12 +171,13 @@ class Access:
     project: str = ""
     tls_ca: str = ""
 
-    def connect(self, target: str) -> grpc.Channel:
+    def connect(self, target: str, *, traced: bool = True) -> grpc.Channel:
         return connect_channel(
             target,
             token=self.token or None,
             project=self.project or None,
             tls_ca=Path(self.tls_ca) if self.tls_ca else None,
+            traced=traced,
         )
 
     def for_project(self, project: str) -> Access:
@@ -253,26 +300,18 @@ class _MetadataInterceptor(
         return continuation(self._details(details), iterator)
 
 
-def call(
-    fn: Callable[..., T],
-    request: Any,
-    *,
-    timeout: float = DEFAULT_TIMEOUT_S,
-    attempts: int = 4,
-    base_delay: float = 0.1,
-    idempotent: bool = True,
-) -> T:
-    """One unary call with a deadline; retries UNAVAILABLE and ABORTED with jittered backoff.
+def with_project(channel: grpc.Channel, project: str | None) -> grpc.Channel:
+    """``channel`` with ``project_metadata(project)`` on every call, over the same connection
+    (close ``channel``, not the result)."""
+    if not project:
+        return channel
+    return grpc.intercept_channel(channel, _MetadataInterceptor(project_metadata(project)))
 
-    Non-idempotent calls retry only UNAVAILABLE before anything was sent is unknowable, so
-    callers make creates idempotent with a request_id instead of turning retries off.
-    """
-    for attempt in range(attempts):
-        try:
-            return fn(request, timeout=timeout)
-        except grpc.RpcError as e:
-            retry = idempotent and e.code() in RETRYABLE and attempt + 1 < attempts
-            if not retry:
-                raise from_rpc_error(e) from e
-            time.sleep(base_delay * (2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+
+def call(fn: Callable[..., T], request: Any, *, timeout: float = DEFAULT_TIMEOUT_S) -> T:
+    """One call with a deadline, failing with the ``relive.errors`` tree. Retries of
+    UNAVAILABLE happen inside the channel (see ``retry_service_config``)."""
+    try:
+        return fn(request, timeout=timeout)
+    except grpc.RpcError as e:
+        raise from_rpc_error(e) from e

@@ -1,7 +1,7 @@
 """A typed client of the executor: launch, runs, approvals, relaunch and verification.
 
-Every unary call goes through ``relive.client.channel.call``: a deadline, retries of what is
-safe to retry, and the ``relive.errors`` exception tree.
+Every unary call goes through ``relive.client.channel.call``: a deadline and the
+``relive.errors`` exception tree; the channel retries UNAVAILABLE (but not approvals).
 """
 
 from __future__ import annotations
@@ -118,7 +118,6 @@ class ExecutorClient:
             ),
             req,
             timeout=self.timeout,
-            idempotent=False,
         )
 
     def relaunch(

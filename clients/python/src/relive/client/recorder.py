@@ -1,8 +1,10 @@
 """The recorder's client side: a typed wrapper of every RPC, and the buffered ``EventSink``.
 
-``EventSink`` is what programs record through. ``record()`` and the ``log_*`` helpers stamp
-each event with the process's hybrid logical clock and a producer identity (producer id plus
-a sequence that increases with the clock), then queue it. A background thread streams
+``EventSink`` is what programs record through. ``record()`` and the ``log_*`` helpers build
+each event with ``relive.events`` straight into the outgoing batch and stamp it with the
+process's hybrid logical clock and a producer identity (producer id plus a sequence that
+increases with the clock), then queue it; ``emit()`` queues a built event the same way, and
+forwards one that carries its own identity unchanged. A background thread streams
 batches over ``StreamEvents``; after a failure it reconnects and sends every unacknowledged
 batch again, unchanged, and the recorder stores each event once. The queue is bounded: when
 it is full ``record()`` blocks (or, with ``block=False``, raises ``BufferFull``). Nothing is
@@ -13,12 +15,9 @@ from __future__ import annotations
 
 import atexit
 import collections
-import datetime as dt
 import logging
-import os
 import queue
 import random
-import socket
 import threading
 import time
 import traceback as tb
@@ -29,18 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2
 from opentelemetry import trace as otel_trace
 
+from relive import events as build
 from relive import hlc as hlc_mod
-from relive.client.channel import DEFAULT_TIMEOUT_S, call, connect_channel
-from relive.errors import ReliveError, from_rpc_error
+from relive.client.channel import DEFAULT_TIMEOUT_S, Access, call, with_project
+from relive.errors import InvalidArgument, ReliveError, from_rpc_error
+from relive.events import TimeLike, default_producer_id, to_struct, to_timestamp
 from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 Event = event_pb2.Event
-TimeLike = dt.datetime | timestamp_pb2.Timestamp | int | float | None
 
 KIND_NAMES = {
     name.removeprefix("EVENT_KIND_").lower(): value
@@ -61,52 +61,13 @@ _RETRY_STREAM = frozenset(
 )
 
 
-# ---- conversions ---------------------------------------------------------------------------
-
-
 # Codes that may come from the batch itself rather than the connection: retried a few times.
 _SUSPECT = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 MAX_SUSPECT_RETRIES = 5
 
 
-def to_timestamp(value: TimeLike) -> timestamp_pb2.Timestamp | None:
-    """A Timestamp from a datetime, a Timestamp, or epoch milliseconds (int) / seconds (float)."""
-    if value is None:
-        return None
-    if isinstance(value, timestamp_pb2.Timestamp):
-        return value
-    ts = timestamp_pb2.Timestamp()
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        ts.FromDatetime(value.astimezone(dt.UTC))
-    elif isinstance(value, int):
-        ts.FromMilliseconds(value)
-    else:
-        ts.FromNanoseconds(int(value * 1e9))
-    return ts
-
-
 def ion_parent(ion: str) -> str:
     return ion if ion.startswith("ions/") else f"ions/{ion}"
-
-
-def to_struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    if value:
-        s.update(_plain(value))
-    return s
-
-
-def _plain(value: Any) -> Any:
-    """Makes a value JSON-like for a Struct: tuples become lists, other objects strings."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
 
 
 def make_filter(
@@ -135,14 +96,30 @@ def make_filter(
 
 
 class RecorderClient:
-    """Every recorder RPC with a deadline, retries of UNAVAILABLE, and errors mapped to
-    ``relive.errors``. ``target`` is ``host:port`` or an open channel."""
+    """Every recorder RPC with a deadline, retries of UNAVAILABLE (by the channel), and errors
+    mapped to ``relive.errors``. ``target`` is ``host:port`` (connected with ``access``, by
+    default the RELIVE_* variables) or an open channel, which the client does not close."""
 
-    def __init__(self, target: str | grpc.Channel, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        target: str | grpc.Channel,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        access: Access | None = None,
+    ) -> None:
         self._own = isinstance(target, str)
-        self.channel: grpc.Channel = connect_channel(target) if isinstance(target, str) else target
+        self.channel: grpc.Channel = (
+            (access or Access()).connect(target) if isinstance(target, str) else target
+        )
         self.stub = recorder_pb2_grpc.RecorderServiceStub(self.channel)
         self.timeout = timeout
+
+    def for_project(self, project: str | None) -> RecorderClient:
+        """This client with its calls made for ``project``, over the same connection: what a
+        service token does when it works for a caller (docs/auth.md)."""
+        if not project:
+            return self
+        return RecorderClient(with_project(self.channel, project), timeout=self.timeout)
 
     def close(self) -> None:
         if self._own:
@@ -412,6 +389,13 @@ class FlushTimeout(ReliveError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class EventsRefused(InvalidArgument):
+    """The recorder refused events of a run, so its timeline lacks them; the sink's
+    ``failures`` hold them with the recorder's reasons."""
+
+    reason = "EVENTS_REFUSED"
+
+
 @dataclass
 class Failure:
     """Events the recorder refused, with why; ``rejection`` is None when the whole batch was."""
@@ -439,15 +423,13 @@ class SinkStats:
 _SENTINEL = object()
 
 
-def default_producer_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
 class EventSink:
     """Buffers events and streams them to the recorder from a background thread.
 
     Events are built straight into the protobuf batch that will be sent, so the hot path
     copies nothing. run, node and component given here go on every event that sets none.
+    ``target`` is ``host:port`` (connected with ``access``, by default the RELIVE_* variables)
+    or an open channel, which the sink does not close.
     """
 
     def __init__(
@@ -466,13 +448,17 @@ class EventSink:
         block: bool = True,
         linger_s: float = 0.005,
         max_backoff_s: float = 2.0,
+        access: Access | None = None,
     ) -> None:
         self._own_channel = isinstance(target, str)
-        self.channel: grpc.Channel = connect_channel(target) if isinstance(target, str) else target
+        self.channel: grpc.Channel = (
+            (access or Access()).connect(target) if isinstance(target, str) else target
+        )
         self._stub = recorder_pb2_grpc.RecorderServiceStub(self.channel)
         self.parent = ion_parent(ion)
-        self.producer_id = producer_id or default_producer_id()
         self.clock = clock or hlc_mod.process_clock()
+        self._producer = build.Producer(producer_id or default_producer_id(), self.clock)
+        self.producer_id = self._producer.producer_id
         self.run = run
         self.node = node
         self.component = component
@@ -490,7 +476,6 @@ class EventSink:
         self._current_count = 0
         self._current_since = 0.0
         self._pending = 0
-        self._next_pseq = 1
         self._closing = False
         self._closed = False
         self.stats = SinkStats()
@@ -504,10 +489,20 @@ class EventSink:
     def failures(self) -> list[Failure]:
         return self.stats.failures
 
+    def refused(self, run: str | None = None) -> list[Failure]:
+        """The events the recorder refused so far (of ``run`` only, when given)."""
+        with self._cond:
+            return [f for f in self.stats.failures if run is None or f.event.run == run]
+
+    def for_run(self, run: str) -> RunSink:
+        """This sink as one run sees it: its ``flush`` raises when the recorder refused any
+        event of ``run``, so the run's end reports what its timeline lacks."""
+        return RunSink(self, run)
+
     # -- producing
 
     def _slot(self, block: bool | None, timeout: float | None) -> Event:
-        """A new event in the batch being filled, stamped; the caller holds the lock."""
+        """A new event in the batch being filled; the caller holds the lock."""
         if self._closed or self._closing:
             raise ReliveError("the sink is closed", field="sink")
         if self._pending >= self._max_queue:
@@ -534,20 +529,12 @@ class EventSink:
             self._current_since = time.monotonic()
         e: Event = events.add()
         self._current_count += 1
-        ms, logical = self.clock.now_pair()
-        h = e.hlc
-        h.physical_ms = ms
-        h.logical = logical
         return e
 
-    def _commit(
-        self, e: Event, run: str, node: str, component: str, identity: bool = True
-    ) -> Event:
-        """Fills identity and defaults, and counts the event; the caller holds the lock."""
-        if identity:
-            e.producer_id = self.producer_id
-            e.producer_sequence = self._next_pseq
-            self._next_pseq += 1
+    def _commit(self, e: Event, run: str, node: str, component: str) -> Event:
+        """Stamps identity and HLC, fills defaults, and counts the event; the caller holds
+        the lock, so producer sequences follow the clock and the order batches leave in."""
+        self._producer.stamp(e)
         if run or self.run:
             e.run = run or self.run
         if node or self.node:
@@ -575,16 +562,13 @@ class EventSink:
     def emit(
         self, event: Event, *, block: bool | None = None, timeout: float | None = None
     ) -> Event:
-        """Queues a copy of ``event``, stamped with the HLC and (unless it has an event_id)
-        this sink's producer identity. Returns the queued copy."""
+        """Queues a copy of ``event``. An event with an identity of its own (``producer_id``,
+        as a component's forwarded by the executor, or ``event_id``) keeps it and its HLC;
+        any other gets this sink's identity and a fresh HLC. Returns the queued copy."""
         with self._cond:
             e = self._slot(block, timeout)
-            stamp = (e.hlc.physical_ms, e.hlc.logical)
             e.CopyFrom(event)
-            e.hlc.physical_ms, e.hlc.logical = stamp
-            return self._commit(
-                e, event.run, event.node, event.component, identity=not event.event_id
-            )
+            return self._commit(e, event.run, event.node, event.component)
 
     def record(
         self,
@@ -625,23 +609,13 @@ class EventSink:
         with self._cond:
             e = self._slot(None, None)
             e.type = type
-            s = e.stat
-            s.name = name
-            s.value = value
-            if step:
-                s.step = step
-            if labels:
-                s.labels.update({str(k): str(v) for k, v in labels.items()})
+            build.set_stat(e, name, value, step, labels)
             return self._commit(e, run, node, component)
 
     def log_lifecycle(
         self, type: str, state: str = "", details: Mapping[str, Any] | None = None, **where: str
     ) -> Event:
-        e = Event(type=type)
-        e.lifecycle.state = state
-        if details:
-            e.lifecycle.details.CopyFrom(to_struct(details))
-        return self._emit_where(e, where)
+        return self._emit_where(build.set_lifecycle(Event(type=type), state, details), where)
 
     def log_model(
         self,
@@ -654,11 +628,7 @@ class EventSink:
         **where: str,
     ) -> Event:
         e = Event(type=type or f"model.{action}")
-        e.model.model_version = model_version
-        e.model.action = action
-        e.model.sha256 = sha256
-        e.model.batch = batch
-        return self._emit_where(e, where)
+        return self._emit_where(build.set_model(e, action, model_version, sha256, batch), where)
 
     def log_dataset(
         self,
@@ -669,29 +639,22 @@ class EventSink:
         type: str = "dataset.read",
         **where: str,
     ) -> Event:
-        e = Event(type=type)
-        e.dataset.uri = uri
-        e.dataset.sha256 = sha256
-        e.dataset.size_bytes = size_bytes
+        e = build.set_dataset(Event(type=type), uri, sha256, size_bytes)
         return self._emit_where(e, where)
 
     def log_human_action(
         self, user: str, action: str, comment: str = "", type: str = "", **where: str
     ) -> Event:
         e = Event(type=type or f"human.{action}")
-        e.human_action.user = user
-        e.human_action.action = action
-        e.human_action.comment = comment
-        return self._emit_where(e, where)
+        return self._emit_where(build.set_human(e, user, action, comment), where)
 
     def log_error(self, error: BaseException | str, *, type: str = "error", **where: str) -> Event:
         e = Event(type=type)
         if isinstance(error, BaseException):
-            e.error.error_type = type_name(error)
-            e.error.message = str(error)
-            e.error.traceback = "".join(tb.format_exception(error))
+            trace = "".join(tb.format_exception(error))
+            build.set_error(e, build.error_type_name(error), str(error), trace)
         else:
-            e.error.message = error
+            build.set_error(e, "", error)
         return self._emit_where(e, where)
 
     def log_config(
@@ -702,18 +665,12 @@ class EventSink:
         type: str = "config.changed",
         **where: str,
     ) -> Event:
-        e = Event(type=type)
-        e.config.before.CopyFrom(to_struct(before))
-        e.config.after.CopyFrom(to_struct(after))
-        return self._emit_where(e, where)
+        return self._emit_where(build.set_config(Event(type=type), before, after), where)
 
     def log(
         self, message: str, severity: str = "INFO", *, type: str = "log", **where: str
     ) -> Event:
-        e = Event(type=type)
-        e.log.severity = severity
-        e.log.message = message
-        return self._emit_where(e, where)
+        return self._emit_where(build.set_log(Event(type=type), message, severity), where)
 
     def log_span(
         self,
@@ -732,20 +689,18 @@ class EventSink:
         type: str = "span",
         **where: str,
     ) -> Event:
-        e = Event(type=type, trace_id=trace_id, span_id=span_id)
-        s = e.span
-        s.name = name
-        s.parent_span_id = parent_span_id
-        if (ts := to_timestamp(start)) is not None:
-            s.start_time.CopyFrom(ts)
-        if (ts := to_timestamp(end)) is not None:
-            s.end_time.CopyFrom(ts)
-        s.span_kind = span_kind
-        s.status_code = status_code
-        s.status_message = status_message
-        s.service_name = service_name
-        if attributes:
-            s.attributes.CopyFrom(to_struct(attributes))
+        e = build.set_span(
+            Event(type=type, trace_id=trace_id, span_id=span_id),
+            name,
+            parent_span_id=parent_span_id,
+            start=start,
+            end=end,
+            span_kind=span_kind,
+            status_code=status_code,
+            status_message=status_message,
+            attributes=attributes,
+            service_name=service_name,
+        )
         return self._emit_where(e, where)
 
     def _emit_where(self, e: Event, where: Mapping[str, str]) -> Event:
@@ -963,20 +918,39 @@ class EventSink:
             self._cond.notify_all()
 
 
-def type_name(error: BaseException) -> str:
-    cls = type(error)
-    return (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
+class RunSink:
+    """One run's view of a shared :class:`EventSink` (the executor keeps one sink per ION):
+    it emits through it, and its ``flush`` raises :class:`EventsRefused` when the recorder
+    refused any event of the run (already counted, kept and logged by the sink)."""
+
+    def __init__(self, sink: EventSink, run: str) -> None:
+        self.sink = sink
+        self.run = run
+
+    def emit(self, event: Event) -> None:
+        self.sink.emit(event)
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        self.sink.flush(timeout)
+        refused = self.sink.refused(self.run)
+        if refused:
+            first = refused[0]
+            raise EventsRefused(
+                f"the recorder refused {len(refused)} event(s) of {self.run}, so its timeline "
+                f"lacks them; the first: {first.field or 'the batch'}: {first.reason}",
+                field=first.field or "events",
+            )
 
 
 __all__ = [
     "BufferFull",
     "Event",
     "EventSink",
+    "EventsRefused",
     "Failure",
     "FlushTimeout",
     "RecorderClient",
+    "RunSink",
     "SinkStats",
     "make_filter",
     "to_timestamp",

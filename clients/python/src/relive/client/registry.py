@@ -1,7 +1,7 @@
 """A typed client of the registry: IONs, revisions, and model versions.
 
-Every call goes through ``relive.client.channel.call``, so it has a deadline, retries only
-what is safe to retry, and fails with the ``relive.errors`` exception tree.
+Every call goes through ``relive.client.channel.call``, so it has a deadline and fails with
+the ``relive.errors`` exception tree; the channel retries UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import IO, TypeVar
 import grpc
 import yaml
 
-from relive.client.channel import DEFAULT_TIMEOUT_S, call
+from relive.client.channel import DEFAULT_TIMEOUT_S, call, with_project
 from relive.errors import AlreadyExists, NotFound
 from relive.registry.v1 import registry_pb2 as pb
 from relive.registry.v1 import registry_pb2_grpc
@@ -63,8 +63,16 @@ class RegistryClient:
     """The registry's RPCs, with names, paging and streaming taken care of."""
 
     def __init__(self, channel: grpc.Channel, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.channel = channel
         self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
         self.timeout = timeout
+
+    def for_project(self, project: str | None) -> RegistryClient:
+        """This client with its calls made for ``project``, over the same connection: what a
+        service token does when it works for a caller (docs/auth.md)."""
+        if not project:
+            return self
+        return RegistryClient(with_project(self.channel, project), timeout=self.timeout)
 
     # ------------------------------------------------------------------------------ IONs
 
@@ -175,8 +183,8 @@ class RegistryClient:
     ) -> pb.ModelVersion:
         """Streams a model's bytes (bytes, a path, or a binary file) in chunks.
 
-        A retry resends from the start, so it happens only when the source can be rewound;
-        the request_id makes the resend safe.
+        The channel retries UNAVAILABLE while gRPC still holds the messages sent so far;
+        the request_id makes such a resend safe.
         """
         header = pb.ModelVersionHeader(
             parent=model_name(model_id),
@@ -197,12 +205,8 @@ class RegistryClient:
         else:
             source = data
         try:
-            rewindable = source.seekable()
-            start = source.tell() if rewindable else 0
 
             def messages() -> Iterator[pb.CreateModelVersionRequest]:
-                if rewindable:
-                    source.seek(start)
                 yield pb.CreateModelVersionRequest(header=header)
                 while chunk := source.read(chunk_size):
                     yield pb.CreateModelVersionRequest(chunk=chunk)
@@ -210,7 +214,7 @@ class RegistryClient:
             def send(_: None, timeout: float) -> pb.ModelVersion:
                 return self._stub.CreateModelVersion(messages(), timeout=timeout)
 
-            return call(send, None, timeout=timeout, attempts=4 if rewindable else 1)
+            return call(send, None, timeout=timeout)
         finally:
             if opened is not None:
                 opened.close()
@@ -230,13 +234,8 @@ class RegistryClient:
         ``verify``, the bytes' sha256 is checked against the version's.
         """
         request = pb.DownloadModelVersionRequest(name=name, chunk_size=chunk_size)
-        rewindable = dest.seekable()
-        start = dest.tell() if rewindable else 0
 
         def receive(req: pb.DownloadModelVersionRequest, timeout: float) -> pb.ModelVersion:
-            if rewindable:
-                dest.seek(start)
-                dest.truncate()
             meta: pb.ModelVersion | None = None
             digest = hashlib.sha256()
             for message in self._stub.DownloadModelVersion(req, timeout=timeout):
@@ -251,7 +250,7 @@ class RegistryClient:
                 raise OSError(f"{name}: downloaded bytes do not match sha256 {meta.sha256}")
             return meta
 
-        return call(receive, request, timeout=timeout, attempts=4 if rewindable else 1)
+        return call(receive, request, timeout=timeout)
 
     def get_model_version(self, name: str) -> pb.ModelVersion:
         return call(

@@ -6,7 +6,7 @@ import datetime as dt
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -259,7 +259,6 @@ class Backend:
                 self.executor.ListRuns,
                 executor_pb2.ListRunsRequest(parent=ion, page_size=500),
                 timeout=5.0,
-                attempts=1,
             )
         except ReliveError:
             return {}
@@ -329,7 +328,7 @@ class Backend:
     def run_spec(self, ion: str, run: str) -> dict[str, Any]:
         """The executor's Run; without it, the spec recorded in the run.launched event."""
         try:
-            r = call(self.executor.GetRun, executor_pb2.GetRunRequest(name=run), attempts=1)
+            r = call(self.executor.GetRun, executor_pb2.GetRunRequest(name=run))
             got = run_json(r)
             return {
                 "name": run,
@@ -544,9 +543,3 @@ def _placeholder(spans: dict[str, dict[str, Any]], e: event_pb2.Event, ms: int) 
 
 def rpc_error(e: grpc.RpcError) -> ReliveError:
     return from_rpc_error(e)
-
-
-def iter_chunks(stream: Any) -> Iterator[bytes]:
-    for response in stream:
-        if response.WhichOneof("payload") == "chunk":
-            yield response.chunk

@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 
 # Kinds drawn one by one at every zoom level.
 MARK_KINDS = frozenset({event_pb2.EVENT_KIND_ERROR, event_pb2.EVENT_KIND_HUMAN_ACTION})
-# A ``node`` of "" is an ION- or run-level event (run.launched, run.finished); it gets a lane too.
-RUN_LANE = ""
 MAX_MARKS = 5000
 # Live subscribers that stop reading are dropped rather than allowed to fill memory.
 SUBSCRIBER_QUEUE = 2000

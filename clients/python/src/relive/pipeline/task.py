@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from relive.client import recorder as recorder_client
+from relive.events import default_producer_id
 from relive.pipeline.context import RunContext
-from relive.pipeline.events import EventFactory, EventSink, ListSink, RecorderSink
+from relive.pipeline.events import EventFactory, EventSink, ListSink
 from relive.pipeline.models import MemoryModelStore, ModelStore, RegistryModelStore
 from relive.pipeline.seeds import derive_seed
 
@@ -151,10 +153,14 @@ def execute(
     own_sink = sink is None
     returned: ListSink | None = None
     if sink is None:
+        # A producer of its own for each attempt: a retried task's events are new events.
+        producer = default_producer_id(f"{task.node}.{task.label}")
         if task.return_events or not task.recorder:
-            sink = returned = ListSink()
+            sink = returned = ListSink(producer)
         else:
-            sink = RecorderSink(task.recorder, task.ion, access=task.access)
+            sink = recorder_client.EventSink(
+                task.recorder, task.ion, producer_id=producer, access=task.access
+            )
     if store is None:
         store = (
             RegistryModelStore(task.registry, access=task.access)
@@ -261,7 +267,7 @@ def _serialized(sink: ListSink | None) -> list[bytes]:
 
 
 def _finish(sink: EventSink, own: bool) -> None:
-    if own and isinstance(sink, RecorderSink):
+    if own and isinstance(sink, recorder_client.EventSink):
         sink.close()
     else:
         sink.flush()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from relive.client.channel import Access
+from relive.client.channel import DEFAULT_DATA_DIR, Access, default_data_dir
 
 
 def _bool(value: str | None) -> bool:
@@ -23,7 +23,7 @@ def _path(value: str | None) -> Path | None:
 class Config:
     """Everything a service or the CLI needs to know about its surroundings."""
 
-    data_dir: Path = Path(".relive")
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
     # None means: start the embedded nx-27017 store under data_dir.
     mongodb_uri: str | None = None
     # Prefix of the per-service databases: "<prefix>_registry", "<prefix>_recorder", ...
@@ -60,9 +60,7 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Reads ``RELIVE_*`` variables; keyword arguments win over the environment."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        if v := env.get("RELIVE_DATA_DIR"):
-            values["data_dir"] = Path(v)
+        values: dict[str, Any] = {"data_dir": default_data_dir(env)}
         if v := env.get("RELIVE_MONGODB_URI"):
             values["mongodb_uri"] = v
         if v := env.get("RELIVE_DB_PREFIX"):

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from relive.core import names
-from relive.core.errors import FailedPrecondition
+from relive.errors import FailedPrecondition
 
 DEFAULT_PROJECT = "default"
 ROLES = frozenset({"member", "admin", "service"})

@@ -1,4 +1,6 @@
-"""The one place where domain errors become gRPC status codes with google.rpc.ErrorInfo."""
+"""Server interceptors: errors to status codes (the one place; the status itself, with
+google.rpc.ErrorInfo, is built by ``relive.errors``), bearer tokens to identities, and the
+caller's HLC into this process's clock."""
 
 from __future__ import annotations
 
@@ -8,61 +10,19 @@ from typing import Any
 
 import grpc
 import pymongo.errors
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
-from relive import hlc
+from relive import errors, hlc
 from relive.client.channel import PROJECT_METADATA
-from relive.core import errors, identity, names
+from relive.core import identity, names
 
 log = logging.getLogger(__name__)
 
-DOMAIN = "relive.dev"
-
-_CODES: dict[type[errors.ReliveError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Aborted: grpc.StatusCode.ABORTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
-
-
-def status_code_of(error: errors.ReliveError) -> grpc.StatusCode:
-    for cls in type(error).__mro__:
-        if cls in _CODES:
-            return _CODES[cls]
-    return grpc.StatusCode.INTERNAL
-
 
 def to_status(error: errors.ReliveError) -> Any:
-    """Builds the rich status: ErrorInfo always, BadRequest when a field is to blame."""
-    code = status_code_of(error)
-    details = []
-    info = any_pb2.Any()
-    info.Pack(
-        error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-    )
-    details.append(info)
-    if error.field:
-        bad = any_pb2.Any()
-        bad.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=error.field, description=error.message
-                    )
-                ]
-            )
-        )
-        details.append(bad)
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
-    return rpc_status.to_status(status)
+    """The grpc status a server aborts with for ``error`` (see ``relive.errors``)."""
+    return rpc_status.to_status(errors.to_status_proto(error))
 
 
 def _internal() -> Any:

@@ -6,7 +6,7 @@ import mongoengine
 from pymongo import MongoClient
 
 from relive.core.config import Config
-from relive.core.errors import FailedPrecondition
+from relive.errors import FailedPrecondition
 
 
 def connect(config: Config, service: str) -> MongoClient:

@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from relive.core.errors import InvalidArgument
+from relive.errors import InvalidArgument
 
 # AIP-122 style ids: lowercase letters, digits and hyphens, starting with a letter.
 ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")

@@ -18,8 +18,8 @@ from grpc_reflection.v1alpha import reflection
 
 from relive.core import identity
 from relive.core.config import Config
-from relive.core.errors import FailedPrecondition
 from relive.core.interceptors import AuthInterceptor, ErrorInterceptor, HlcInterceptor
+from relive.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 

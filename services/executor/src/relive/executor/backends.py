@@ -1,55 +1,22 @@
 """The executor's view of the other services: revisions and models from the registry; events
-and captures from the recorder. Client-side errors become domain errors here."""
+and captures from the recorder. Both are the SDK's typed clients on the executor's service
+access; what they refuse becomes what the executor's caller sees (``relive.core.calls``)."""
 
 from __future__ import annotations
 
-import functools
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
-import grpc
-
-from relive import errors as client_errors
-from relive.client.channel import PROJECT_METADATA, Access, call
-from relive.core import errors, identity
-from relive.pipeline.events import RecorderSink
+from relive.client.channel import Access
+from relive.client.recorder import EventSink, RecorderClient
+from relive.client.registry import RegistryClient
+from relive.core import identity
+from relive.core.calls import calling
+from relive.errors import NotFound
 from relive.pipeline.models import RegistryModelStore
-from relive.recorder.v1 import event_pb2, recorder_pb2, recorder_pb2_grpc
-from relive.registry.v1 import registry_pb2, registry_pb2_grpc
-
-T = TypeVar("T")
-
-_MAP: dict[type[client_errors.ReliveError], type[errors.ReliveError]] = {
-    client_errors.NotFound: errors.NotFound,
-    client_errors.InvalidArgument: errors.InvalidArgument,
-    client_errors.FailedPrecondition: errors.FailedPrecondition,
-    client_errors.AlreadyExists: errors.AlreadyExists,
-}
-
-
-def _domain_error(e: client_errors.ReliveError, what: str) -> errors.ReliveError:
-    if isinstance(e, client_errors.Unauthenticated | client_errors.PermissionDenied):
-        return errors.FailedPrecondition(
-            f"{what}: the service refused the executor's token ({e.message}); set "
-            "RELIVE_SERVICE_TOKEN to a token with role: service in the tokens file",
-            field="RELIVE_SERVICE_TOKEN",
-        )
-    cls = _MAP.get(type(e), errors.Unavailable)
-    return cls(f"{what}: {e.message}", field=e.field or None)
-
-
-def _domain(fn: Callable[[], T], what: str) -> T:
-    try:
-        return fn()
-    except client_errors.ReliveError as e:
-        raise _domain_error(e, what) from e
-
-
-def _for(project: str | None) -> tuple[tuple[str, str], ...]:
-    """Call metadata: the project the executor's service token works for on this call. The
-    registry and recorder then show and create only there."""
-    return ((PROJECT_METADATA, project),) if project else ()
+from relive.recorder.v1 import event_pb2, recorder_pb2
+from relive.registry.v1 import registry_pb2
 
 
 class Registry:
@@ -59,8 +26,7 @@ class Registry:
     def __init__(self, endpoint: str, access: Access) -> None:
         self.endpoint = endpoint
         self.access = access
-        self._channel = access.connect(endpoint)
-        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._client = RegistryClient(access.connect(endpoint))
         self._lock = threading.Lock()
         self._projects = identity.ProjectCache(self._lookup_project)
         self._stores: dict[str, RegistryModelStore] = {}
@@ -71,17 +37,17 @@ class Registry:
         return self._projects.get(ion)
 
     def _lookup_project(self, ion: str) -> str | None:
-        try:
-            found = call(self._stub.GetIon, registry_pb2.GetIonRequest(name=f"ions/{ion}"))
-        except client_errors.NotFound:
-            return None
-        except client_errors.ReliveError as e:
-            raise _domain_error(e, f"cannot look up ions/{ion}") from e
+        with calling("registry", f"cannot look up ions/{ion}"):
+            try:
+                found = self._client.get_ion(ion)
+            except NotFound:
+                return None
         return found.project or identity.DEFAULT_PROJECT
 
     def get_revision(self, name: str, project: str | None) -> registry_pb2.Revision:
-        get = functools.partial(self._stub.GetRevision, metadata=_for(project))
-        return _domain(lambda: call(get, registry_pb2.GetRevisionRequest(name=name)), name)
+        ion, _, revision = name.partition("/revisions/")
+        with calling("registry", name):
+            return self._client.for_project(project).get_revision(ion, revision)
 
     def models(self, project: str) -> RegistryModelStore:
         """Model versions as ``project``: runs store their models there."""
@@ -93,7 +59,7 @@ class Registry:
             return self._stores[project]
 
     def close(self) -> None:
-        self._channel.close()
+        self._client.channel.close()
         with self._lock:
             for store in self._stores.values():
                 store.close()
@@ -104,15 +70,15 @@ class Recorder:
     def __init__(self, endpoint: str, access: Access) -> None:
         self.endpoint = endpoint
         self.access = access
-        self._channel = access.connect(endpoint)
-        self._stub = recorder_pb2_grpc.RecorderServiceStub(self._channel)
+        self._client = RecorderClient(endpoint, access=access)
 
-    def sink(self, ion: str, project: str) -> RecorderSink:
-        return RecorderSink(self.endpoint, ion, access=self.access.for_project(project))
+    def sink(self, ion: str, project: str) -> EventSink:
+        """A sink of ``ion``'s events, written for ``project``, over the executor's channel."""
+        return EventSink(self._client.for_project(project).channel, ion)
 
     def get_capture(self, name: str, project: str | None) -> Any:
-        get = functools.partial(self._stub.GetCapture, metadata=_for(project))
-        return _domain(lambda: call(get, recorder_pb2.GetCaptureRequest(name=name)), name)
+        with calling("recorder", name):
+            return self._client.for_project(project).get_capture(name)
 
     def events(
         self,
@@ -130,27 +96,10 @@ class Recorder:
             flt.start_time.CopyFrom(start)
         if end is not None:
             flt.end_time.CopyFrom(end)
-        list_events = functools.partial(self._stub.ListEvents, metadata=_for(project))
-        token = ""
-        while True:
-            req = recorder_pb2.ListEventsRequest(
-                parent=ion,
-                filter=flt,
-                order=recorder_pb2.EVENT_ORDER_TIMELINE,
-                page_size=1000,
-                page_token=token,
+        with calling("recorder", f"events of {ion}"):
+            yield from self._client.for_project(project).list_events(
+                ion, filter=flt, order="timeline", page_size=1000
             )
-            resp: recorder_pb2.ListEventsResponse = _domain(
-                functools.partial(call, list_events, req), f"events of {ion}"
-            )
-            yield from resp.events
-            token = resp.next_page_token
-            if not token:
-                return
 
     def close(self) -> None:
-        self._channel.close()
-
-
-def is_unavailable(e: BaseException) -> bool:
-    return isinstance(e, grpc.RpcError | client_errors.Unavailable)
+        self._client.close()

@@ -20,6 +20,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from relive.client.channel import Access
+from relive.client.recorder import EventSink
 from relive.core import errors, identity
 from relive.core.names import check_id, decode_token, encode_token, page_size, parse_name
 from relive.executor import drift, graph, launch, relaunch
@@ -31,7 +32,7 @@ from relive.executor.relaunch import RelaunchPlan
 from relive.executor.runner import RunExecution
 from relive.executor.store import RunStore
 from relive.executor.v1 import executor_pb2 as pb
-from relive.pipeline.events import EventFactory, RecorderSink
+from relive.pipeline.events import EventFactory
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class ExecutorService:
         self.code_path = list(code_path)
         self.live = LiveRuns(store)
         self.recorded = RecordedRuns(recorder, store)
-        self._sinks: dict[str, RecorderSink] = {}
+        self._sinks: dict[str, EventSink] = {}
         self._lock = threading.Lock()
 
     # ----- lifecycle of the service
@@ -108,12 +109,11 @@ class ExecutorService:
             except Exception:
                 log.warning("could not flush events on shutdown", exc_info=True)
 
-    def _sink(self, ion: str, project: str) -> RecorderSink:
+    def _sink(self, ion: str, project: str) -> EventSink:
         """The executor's own events of ``ion`` (an ION's project never changes)."""
         with self._lock:
             if ion not in self._sinks:
                 self._sinks[ion] = self.recorder.sink(ion, project)
-                self._sinks[ion].flush_every(0.25)
             return self._sinks[ion]
 
     # ----- who sees what: another project's IONs and runs do not exist for the caller
@@ -315,7 +315,8 @@ class ExecutorService:
             recorder=self.recorder.endpoint,
             registry=self.registry.endpoint,
             code_path=self.code_path,
-            sink=sink,
+            # Its flush at the run's end fails the run if the recorder refused its events.
+            sink=sink.for_run(name),
             store=self.registry.models(project),
             remote=self.remote,
             ray=self.ray,

@@ -20,7 +20,7 @@ class RunTrace:
     """The spans of one run, and the run's event factory, which stamps events into them."""
 
     def __init__(
-        self, ion: str, run: str, trace_id: str, run_span: str, emit: Callable[[Event], None]
+        self, ion: str, run: str, trace_id: str, run_span: str, emit: Callable[[Event], object]
     ) -> None:
         self.run = run
         self.run_span = run_span or os.urandom(8).hex()

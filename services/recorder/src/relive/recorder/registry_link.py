@@ -7,18 +7,20 @@ project; the recorder itself decides what its caller may see.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-import grpc
 from google.protobuf import json_format
 
-from relive.core import errors, identity
-from relive.core.interceptors import PROJECT_METADATA
-from relive.registry.v1 import registry_pb2, registry_pb2_grpc
+from relive.client.channel import Access
+from relive.client.registry import RegistryClient
+from relive.core import identity
+from relive.core.calls import calling
+from relive.errors import NotFound
+from relive.registry.v1 import registry_pb2
 
 TIMEOUT_S = 10.0
+DOWNLOAD_TIMEOUT_S = 300.0
 
 
 class Registry(Protocol):
@@ -35,80 +37,33 @@ class Registry(Protocol):
     def download_model(self, name: str, out: IO[bytes]) -> dict[str, Any]: ...
 
 
-def _domain_error(e: grpc.RpcError, what: str) -> errors.ReliveError:
-    code = e.code() if hasattr(e, "code") else None
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return errors.FailedPrecondition(
-            f"{what}: the registry refused this service's token ({e.details()}); set "
-            "RELIVE_SERVICE_TOKEN to a token with role: service in the tokens file",
-            field="RELIVE_SERVICE_TOKEN",
-        )
-    if code == grpc.StatusCode.ALREADY_EXISTS:
-        return errors.AlreadyExists(f"{what}: {e.details()}")
-    if code == grpc.StatusCode.NOT_FOUND:
-        return errors.NotFound(f"{what}: {e.details()}")
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return errors.InvalidArgument(f"{what}: {e.details()}")
-    return errors.Unavailable(f"{what}: the registry answered {code}: {e.details()}")
-
-
 class RegistryLink:
-    """A gRPC client of the registry; positive ION lookups (the ION's project) are cached
-    for 30 s (IONs are rarely deleted, and a stale yes only lets events of a deleted
-    ION in)."""
+    """The SDK's registry client on this service's access; positive ION lookups (the ION's
+    project) are cached for 30 s (IONs are rarely deleted, and a stale yes only lets events
+    of a deleted ION in)."""
 
-    def __init__(self, endpoint: str, token: str | None = None, tls_ca: Path | None = None) -> None:
-        self._endpoint = endpoint
-        self._token = token
-        self._tls_ca = tls_ca
-        self._lock = threading.Lock()
-        self._channel: grpc.Channel | None = None
+    def __init__(
+        self,
+        endpoint: str,
+        token: str | None = None,
+        tls_ca: Path | None = None,
+        *,
+        access: Access | None = None,
+    ) -> None:
+        access = access or Access(token=token or "", tls_ca=str(tls_ca or ""))
+        # Untraced: the recorder takes in spans, and its lookups must not make spans of their own.
+        self._client = RegistryClient(access.connect(endpoint, traced=False), timeout=TIMEOUT_S)
         self._projects = identity.ProjectCache(self._lookup_project)
 
-    def _metadata(self, for_project: str | None = None) -> tuple[tuple[str, str | bytes], ...]:
-        """The service token, and the project the call is for: the registry then shows and
-        creates only there (the recorder's caller's, unless the caller sees every project)."""
-        out: list[tuple[str, str | bytes]] = []
-        if self._token:
-            out.append(("authorization", f"Bearer {self._token}"))
-        if for_project:
-            out.append((PROJECT_METADATA, for_project))
-        return tuple(out)
-
-    def _stub(self) -> registry_pb2_grpc.RegistryServiceStub:
-        with self._lock:
-            if self._channel is None:
-                # A plain channel: token and project go on each call (see _metadata), and
-                # these lookups make no spans (the recorder would record its own tracing).
-                self._channel = (
-                    grpc.secure_channel(
-                        self._endpoint, grpc.ssl_channel_credentials(self._tls_ca.read_bytes())
-                    )
-                    if self._tls_ca
-                    else grpc.insecure_channel(self._endpoint)
-                )
-            return registry_pb2_grpc.RegistryServiceStub(self._channel)
-
     def close(self) -> None:
-        with self._lock:
-            if self._channel is not None:
-                self._channel.close()
-                self._channel = None
+        self._client.channel.close()
 
     def _get_ion(self, ion: str) -> registry_pb2.Ion | None:
-        for attempt in range(3):
+        with calling("registry", f"cannot look up ions/{ion}"):
             try:
-                return self._stub().GetIon(
-                    registry_pb2.GetIonRequest(name=f"ions/{ion}"),
-                    timeout=TIMEOUT_S,
-                    metadata=self._metadata(),
-                )
-            except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.NOT_FOUND:
-                    return None
-                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == 2:
-                    raise _domain_error(e, f"cannot look up ions/{ion}") from e
-        return None
+                return self._client.get_ion(ion)
+            except NotFound:
+                return None
 
     def _lookup_project(self, ion: str) -> str | None:
         found = self._get_ion(ion)
@@ -127,33 +82,18 @@ class RegistryLink:
         return int(found.retention_days) if found and found.retention_days > 0 else None
 
     def revisions(self, ion: str) -> list[registry_pb2.Revision]:
-        """Every revision of the ION, oldest first."""
-        out: list[registry_pb2.Revision] = []
-        token = ""
-        while True:
-            try:
-                resp = self._stub().ListRevisions(
-                    registry_pb2.ListRevisionsRequest(
-                        parent=f"ions/{ion}", page_size=100, page_token=token
-                    ),
-                    timeout=TIMEOUT_S,
-                    metadata=self._metadata(identity.current().scope),
-                )
-            except grpc.RpcError as e:
-                raise _domain_error(e, f"cannot list the revisions of ions/{ion}") from e
-            out.extend(resp.revisions)
-            token = resp.next_page_token
-            if not token:
-                break
-        return sorted(out, key=lambda r: r.revision_id)
+        """Every revision of the ION, oldest first; only those the caller may see."""
+        client = self._client.for_project(identity.current().scope)
+        with calling("registry", f"cannot list the revisions of ions/{ion}"):
+            found = list(client.list_revisions(ion, page_size=100))
+        return sorted(found, key=lambda r: r.revision_id)
 
     def restore_revisions(self, ion: str, yamls: list[tuple[str, str]]) -> int:
         """Recreates exported revisions (source YAML, source path), oldest first, skipping
         those whose YAML is already a revision here. Returns how many it created. A new ION
         belongs to the caller's project (the recorder checked that an existing one does)."""
-        stub = self._stub()
         project = identity.current().project
-        metadata = self._metadata(project)
+        client = self._client.for_project(project)
         existing: list[registry_pb2.Revision] = []
         if self._get_ion(ion) is not None:
             existing = self.revisions(ion)
@@ -162,46 +102,20 @@ class RegistryLink:
         for text, path in yamls:
             if text in have:
                 continue
-            try:
+            with calling("registry", f"cannot recreate a revision of ions/{ion}"):
                 if not existing and created == 0:
-                    stub.CreateIon(
-                        registry_pb2.CreateIonRequest(
-                            ion_id=ion, definition_yaml=text, source_path=path
-                        ),
-                        timeout=TIMEOUT_S,
-                        metadata=metadata,
-                    )
+                    client.create_ion(ion, text, source_path=path)
                     self._projects.remember(ion, project)
                 else:
-                    stub.CreateRevision(
-                        registry_pb2.CreateRevisionRequest(
-                            parent=f"ions/{ion}", definition_yaml=text, source_path=path
-                        ),
-                        timeout=TIMEOUT_S,
-                        metadata=metadata,
-                    )
-            except grpc.RpcError as e:
-                raise _domain_error(e, f"cannot recreate a revision of ions/{ion}") from e
+                    client.create_revision(ion, text, source_path=path)
             have.add(text)
             created += 1
         return created
 
     def download_model(self, name: str, out: IO[bytes]) -> dict[str, Any]:
-        """Streams a model version's bytes into ``out``; returns its metadata as JSON."""
-        meta: dict[str, Any] = {}
-        try:
-            for message in self._stub().DownloadModelVersion(
-                registry_pb2.DownloadModelVersionRequest(name=name),
-                timeout=300,
-                # Only the caller's models: an event may name any model.
-                metadata=self._metadata(identity.current().scope),
-            ):
-                if message.WhichOneof("payload") == "chunk":
-                    out.write(message.chunk)
-                else:
-                    meta = json_format.MessageToDict(
-                        message.model_version, preserving_proto_field_name=True
-                    )
-        except grpc.RpcError as e:
-            raise _domain_error(e, f"cannot download {name}") from e
-        return meta
+        """Streams a model version's bytes into ``out``; returns its metadata as JSON. Only
+        the caller's models: an event may name any model."""
+        client = self._client.for_project(identity.current().scope)
+        with calling("registry", f"cannot download {name}"):
+            version = client.download_model(name, out, timeout=DOWNLOAD_TIMEOUT_S, verify=False)
+        return json_format.MessageToDict(version, preserving_proto_field_name=True)

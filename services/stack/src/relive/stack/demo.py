@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 import time
 from pathlib import Path
@@ -74,17 +73,19 @@ def _demo(args: argparse.Namespace) -> int:
     import grpc
 
     from relive.cli.run import verification_dict
+    from relive.client.channel import default_data_dir
     from relive.client.executor import ExecutorClient, state_name
     from relive.client.recorder import RecorderClient
     from relive.client.registry import RegistryClient
     from relive.core.config import Config
-    from relive.core.stack import Stack
     from relive.executor.v1 import executor_pb2 as pb
+    from relive.stack.runner import Stack
 
     say = _Say(args.json)
     root = repo_root()
-    base = Path(os.environ.get("RELIVE_DATA_DIR") or ".relive")
-    data_dir = (args.data_dir or base / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}").resolve()
+    data_dir = (
+        args.data_dir or default_data_dir() / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    ).resolve()
     ion_file = args.ion or root / "examples" / "retrain" / "ion.yaml"
     config = Config.from_env(data_dir=data_dir, code_path=(str(root),))
     if str(root) not in sys.path:

@@ -1,4 +1,6 @@
-"""`relive up | down | status`: run the stack of one data dir."""
+"""`relive up | down | status`: run the stack of one data dir.
+
+Registered into the SDK's ``relive`` command through the ``relive.cli`` entry points."""
 
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from relive.cli.output import add_json_flag, emit_json, table
+from relive.client.channel import ENDPOINTS_FILE, default_data_dir
 from relive.errors import FailedPrecondition, Unavailable
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir or os.environ.get("RELIVE_DATA_DIR") or ".relive").resolve()
+    return (Path(args.data_dir) if args.data_dir else default_data_dir()).resolve()
 
 
 def register(subparsers: Any) -> None:
@@ -42,7 +45,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from relive.core.config import Config
-    from relive.core.stack import PID_FILE, Stack, read_pid
+    from relive.stack.runner import PID_FILE, Stack, read_pid
 
     data_dir = _data_dir(args)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +85,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _detach(args: argparse.Namespace, data_dir: Path) -> int:
     from relive.core.config import Config
-    from relive.core.stack import ENDPOINTS_FILE, check_health
+    from relive.stack.runner import check_health
 
     ca = Config.from_env().trusted_ca
     argv = [sys.executable, "-m", "relive.cli.main", "up", "--data-dir", str(data_dir)]
@@ -124,7 +127,7 @@ def _detach(args: argparse.Namespace, data_dir: Path) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     from relive.core.embedded import pid_alive
-    from relive.core.stack import read_pid
+    from relive.stack.runner import read_pid
 
     data_dir = _data_dir(args)
     pid = read_pid(data_dir)
@@ -149,7 +152,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from relive.core.config import Config
-    from relive.core.stack import ENDPOINTS_FILE, SERVICES, check_health, read_pid
+    from relive.stack.runner import SERVICES, check_health, read_pid
 
     data_dir = _data_dir(args)
     pid = read_pid(data_dir)

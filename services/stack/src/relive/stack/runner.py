@@ -22,15 +22,15 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from relive.client.channel import ENDPOINTS_FILE
 from relive.core import identity
 from relive.core.config import Config
 from relive.core.embedded import EmbeddedStore, free_port, pid_alive
-from relive.core.errors import FailedPrecondition
+from relive.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 
 SERVICES = ("registry", "recorder", "executor")
-ENDPOINTS_FILE = "endpoints.json"
 PID_FILE = "stack.pid"
 
 
