@@ -23,8 +23,8 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from test_recorder_support import ION_YAML, T0, event
 
+from relive import errors as domain_errors
 from relive.client.channel import connect_channel
-from relive.core import errors as domain_errors
 from relive.core import identity
 from relive.core.config import Config
 from relive.core.serving import Server

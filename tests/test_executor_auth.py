@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 import pytest
 
+from relive import errors as domain_errors
 from relive.client.channel import connect_channel
-from relive.core import errors as domain_errors
 from relive.core.config import Config
 from relive.errors import ReliveError, from_rpc_error
 from relive.executor.v1 import executor_pb2 as pb

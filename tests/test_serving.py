@@ -11,8 +11,9 @@ import pymongo.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from relive import errors
 from relive.client.channel import connect_channel
-from relive.core import errors, identity
+from relive.core import identity
 from relive.core.config import Config
 from relive.core.serving import Server, build_server
 from relive.errors import from_rpc_error

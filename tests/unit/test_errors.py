@@ -11,7 +11,6 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from relive import errors
-from relive.core import errors as core_errors
 from relive.core.calls import calling, upstream_error
 from relive.core.interceptors import to_status
 
@@ -90,11 +89,6 @@ def test_a_status_without_details_still_maps_by_code() -> None:
     got = errors.from_rpc_error(FailedCall(plain))
     assert type(got) is errors.NotFound and got.message == "no such ion"
     assert (got.field, got.reason) == ("", "NOT_FOUND")
-
-
-def test_relive_core_errors_is_the_same_tree() -> None:
-    assert core_errors.NotFound is errors.NotFound
-    assert core_errors.ReliveError is errors.ReliveError
 
 
 def test_a_refused_service_token_names_the_variable_to_fix() -> None:

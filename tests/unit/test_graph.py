@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from relive.core.errors import InvalidArgument
+from relive.errors import InvalidArgument
 from relive.executor import graph
 from tests.unit.memory_policy_context import ion
 

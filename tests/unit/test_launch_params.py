@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from relive.core.errors import InvalidArgument
+from relive.errors import InvalidArgument
 from relive.executor import launch
 from relive.executor.v1 import executor_pb2 as pb
 from relive.pipeline.events import struct_to_dict

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from relive import policies
-from relive.core.errors import InvalidArgument
+from relive.errors import InvalidArgument
 from relive.registry import definition as ion_file
 from relive.registry.v1 import registry_pb2
 from tests.unit.memory_policy_context import REPO_ROOT, ion

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relive.core import errors
+from relive import errors
 from relive.core.names import decode_token, encode_token
 from relive.recorder import bucket as bk
 from relive.recorder.bucket import TimelineKey, timeline_key

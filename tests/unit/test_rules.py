@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relive.core.errors import InvalidArgument
+from relive.errors import InvalidArgument
 from relive.policies import Decision, PolicyFailed, RuleError, parse_rule
 from tests.unit.memory_policy_context import Made, MemoryContext, ion
 

@@ -7,7 +7,8 @@
   and a fresh HLC, together and under its owner's lock, so sequences grow with the clock and
   with the order batches leave in. The recorder's producer dedup relies on exactly that
   (docs/recorder-storage.md, "Deduplication"). An event that already carries an identity
-  (a component's, forwarded by the executor; a span's) keeps it, and keeps its HLC.
+  (a component's, forwarded by the executor; a span's, reserved when it started) keeps it,
+  and keeps its HLC.
 - :func:`to_struct` is the one conversion of Python values into a protobuf Struct.
 """
 
@@ -208,13 +209,6 @@ def default_producer_id(label: str = "") -> str:
     return f"{label}-{base}"[-256:] if label else base
 
 
-def span_producer(trace_id: str, span_id: str) -> str:
-    """The identity of a span event: a producer of its own, with sequence 1. A span is
-    recorded when it ends but placed where it started, so it cannot take a sequence of the
-    producer whose events it encloses without breaking "sequences grow with the clock"."""
-    return f"span-{trace_id}-{span_id}"
-
-
 class Producer:
     """One producer's identity: its id and its next sequence. Not thread-safe: the sink that
     owns it calls :meth:`stamp` under its own lock, in the order the events are sent."""
@@ -240,6 +234,14 @@ class Producer:
         self._next += 1
         return e
 
+    def reserve(self) -> tuple[int, tuple[int, int]]:
+        """The next sequence and an HLC reading, taken together now, for an event that is
+        recorded later but placed now (a span, recorded at its end, placed at its start).
+        Sequences then still grow with the clock, as the recorder's dedup needs."""
+        seq = self._next
+        self._next += 1
+        return seq, self.clock.now_pair()
+
 
 # ---- the factory ---------------------------------------------------------------------------
 
@@ -263,7 +265,8 @@ class Clock:
 class EventFactory:
     """Builds events placed in an ION, a run, a node and a component, with the trace context
     and the wall time. Identity and HLC come from the sink the event is emitted to (see
-    :class:`Producer`); a span, placed at its start, carries its own."""
+    :class:`Producer`); a span is placed at its start, and its owner gives it the identity
+    it reserved then (``Producer.reserve``)."""
 
     def __init__(
         self,
@@ -320,8 +323,6 @@ class EventFactory:
         e = self.make("span", **where)
         (ms, logical), started = start
         e.hlc.physical_ms, e.hlc.logical = ms, logical
-        e.producer_id = span_producer(self.trace_id, span_id)
-        e.producer_sequence = 1
         e.time.CopyFrom(started)
         e.span_id = span_id
         ended = timestamp_pb2.Timestamp()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from relive import policies
-from relive.core.errors import InvalidArgument
+from relive.errors import InvalidArgument
 from relive.registry.v1 import registry_pb2
 
 

@@ -13,8 +13,7 @@ from typing import Any
 import yaml
 from google.protobuf import struct_pb2
 
-from relive import policies
-from relive.core import errors
+from relive import errors, policies
 from relive.executor.execution import intify
 from relive.executor.v1 import executor_pb2 as pb
 from relive.pipeline import datasets

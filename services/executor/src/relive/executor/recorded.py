@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
-from relive.core import errors
+from relive import errors
 from relive.executor import relaunch
 from relive.executor.backends import Recorder
 from relive.executor.store import RunStore

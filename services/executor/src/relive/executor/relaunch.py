@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from relive import policies
-from relive.core import errors
+from relive import errors, policies
 from relive.executor import graph
 from relive.executor.v1 import executor_pb2 as pb
 from relive.pipeline.events import struct_to_dict

@@ -7,9 +7,9 @@ import os
 from typing import Any
 
 from relive.core.config import Config
-from relive.core.errors import FailedPrecondition
 from relive.core.mongo import connect, disconnect
 from relive.core.serving import Server, build_server, run_service
+from relive.errors import FailedPrecondition
 from relive.executor.backends import Recorder, Registry
 from relive.executor.service import ExecutorService
 from relive.executor.servicer import ExecutorServicer

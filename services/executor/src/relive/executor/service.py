@@ -1,6 +1,6 @@
 """The executor's domain logic: launch, runs, approvals, relaunch and verification.
 
-It knows no gRPC: it takes and returns protobuf messages and raises relive.core errors.
+It knows no gRPC: it takes and returns protobuf messages and raises relive.errors.
 Freezing a launch spec is ``launch``'s, reading what a run recorded is ``recorded``'s,
 planning a relaunch from it is ``relaunch``'s, the runs in progress are ``live``'s, and
 running a run is ``runner``'s.
@@ -19,9 +19,10 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from relive import errors
 from relive.client.channel import Access
 from relive.client.recorder import EventSink
-from relive.core import errors, identity
+from relive.core import identity
 from relive.core.names import check_id, decode_token, encode_token, page_size, parse_name
 from relive.executor import drift, graph, launch, relaunch
 from relive.executor.backends import Recorder, Registry

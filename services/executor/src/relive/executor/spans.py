@@ -2,6 +2,10 @@
 
 Spans are recorded as ``span`` events when they end, placed in the timeline where they
 started. The run's events belong to the run's span, a node's events to the node's.
+
+All the spans of one run are one producer: each span takes its producer sequence when it
+starts, with its HLC, so sequences grow with the clock although spans end in another order
+(docs/recorder-storage.md, "Deduplication"), and a run's spans share a few buckets.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from relive.events import Producer, default_producer_id
 from relive.pipeline.events import EventFactory
 from relive.recorder.v1.event_pb2 import Event
 
@@ -27,7 +32,9 @@ class RunTrace:
         self._emit = emit
         self._lock = threading.Lock()
         self._node_spans: dict[str, str] = {}
-        self._starts: dict[str, tuple[tuple[int, int], Timestamp]] = {}
+        # span id -> (producer sequence, HLC, wall time) taken when it started
+        self._starts: dict[str, tuple[int, tuple[int, int], Timestamp]] = {}
+        self._producer = Producer(default_producer_id("spans"))
         self.factory = EventFactory(ion, run, trace_id=trace_id, span_of=self.span_of)
 
     def span_of(self, node: str, component: str) -> str:
@@ -38,16 +45,19 @@ class RunTrace:
     def open(self, span_id: str) -> None:
         started = Timestamp()
         started.GetCurrentTime()
-        stamp = self.factory.clock.now()
         with self._lock:
-            self._starts[span_id] = ((stamp[0], stamp[1]), started)
+            seq, stamp = self._producer.reserve()
+            self._starts[span_id] = (seq, stamp, started)
 
     def close(self, name: str, span_id: str, parent: str, error: str = "", **where: str) -> None:
         """Records the span, once: closing it again does nothing."""
         with self._lock:
             start = self._starts.pop(span_id, None)
         if start is not None:
-            self._emit(self.factory.span(name, span_id, parent, start, error, **where))
+            seq, stamp, started = start
+            e = self.factory.span(name, span_id, parent, (stamp, started), error, **where)
+            e.producer_id, e.producer_sequence = self._producer.producer_id, seq
+            self._emit(e)
 
     def open_node(self, node: str) -> None:
         span_id = os.urandom(8).hex()

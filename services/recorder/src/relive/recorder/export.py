@@ -25,7 +25,8 @@ from typing import IO, Any
 
 from google.protobuf import json_format
 
-from relive.core import errors, identity
+from relive import errors
+from relive.core import identity
 from relive.core.config import Config
 from relive.core.names import check_id
 from relive.recorder.registry_link import Registry

@@ -16,7 +16,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 
-from relive.core import errors
+from relive import errors
 from relive.recorder.service import RecorderService
 from relive.recorder.v1 import event_pb2
 

@@ -19,7 +19,7 @@ from itertools import islice
 from operator import itemgetter
 from typing import Any
 
-from relive.core import errors
+from relive import errors
 from relive.core.names import decode_token, encode_token
 from relive.recorder import bucket as bk
 from relive.recorder.bucket import TimelineKey, as_timeline_key, timeline_key

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from relive.core import errors, identity
+from relive import errors
+from relive.core import identity
 from relive.core.config import Config
 from relive.core.names import check_id, decode_token, encode_token, parse_name
 from relive.recorder import bucket as bk

@@ -9,7 +9,7 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 from google.rpc import code_pb2
 
-from relive.core import errors
+from relive import errors
 from relive.recorder.export import Exporter
 from relive.recorder.reader import ORDER_ARRIVAL, ORDER_TIMELINE, EventFilter
 from relive.recorder.service import Capture, RecorderService, RetentionPolicy, datetime_to_ms

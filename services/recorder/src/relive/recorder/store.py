@@ -169,7 +169,7 @@ class Store:
 
     def __init__(self, config: Config) -> None:
         if not config.mongodb_uri:
-            from relive.core.errors import FailedPrecondition
+            from relive.errors import FailedPrecondition
 
             raise FailedPrecondition(
                 "RELIVE_MONGODB_URI is not set: start the stack with `relive up`, "

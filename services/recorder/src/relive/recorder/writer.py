@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from relive.core import errors
+from relive import errors
 from relive.core.config import Config
 from relive.recorder import bucket as bk
 from relive.recorder.bucket import Item, StampContext

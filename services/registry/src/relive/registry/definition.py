@@ -49,8 +49,8 @@ from typing import Any
 import yaml
 
 from relive import policies
-from relive.core.errors import InvalidArgument
 from relive.core.names import check_id
+from relive.errors import InvalidArgument
 from relive.policies.params import LOCAL_ID as LOCAL_ID  # node ids; service.py checks them too
 from relive.policies.params import integer_problem, local_id_problem, number_problem
 from relive.policies.params import kind_of as _kind

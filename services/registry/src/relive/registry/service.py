@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from relive.core import identity, names
-from relive.core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from relive.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from relive.registry import definition
 from relive.registry.model import CodeRef, Ion, Lineage, ModelVersion, Page, Revision
 from relive.registry.store import RegistryStore

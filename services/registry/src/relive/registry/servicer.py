@@ -10,7 +10,7 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from relive import policies
-from relive.core.errors import InvalidArgument
+from relive.errors import InvalidArgument
 from relive.registry.model import (
     CodeRef,
     DatasetRef,

@@ -28,7 +28,7 @@ from mongoengine import (
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from relive.core.errors import AlreadyExists
+from relive.errors import AlreadyExists
 from relive.registry.model import (
     CodeRef,
     DatasetRef,
