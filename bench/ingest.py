@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _recorder_stack import RecorderStack
 from pymongo import MongoClient
 
-from relive.client.recorder import EventSink, RecorderClient
+from relive.client.recorder import RecorderClient
+from relive.client.sink import EventSink
 
 
 def bench_relive(stack: RecorderStack, n: int, producers: int = 1) -> float:

@@ -33,7 +33,8 @@ from typing import Any
 
 import grpc
 
-from relive.client.recorder import EventSink, RecorderClient, make_filter
+from relive.client.recorder import RecorderClient, make_filter
+from relive.client.sink import EventSink
 from relive.recorder.v1 import recorder_pb2, recorder_pb2_grpc
 
 TICK_S = 0.01

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _recorder_stack import RecorderStack
 
 from relive.client.channel import connect_channel
-from relive.client.recorder import EventSink
+from relive.client.sink import EventSink
 from relive.registry.v1 import registry_pb2, registry_pb2_grpc
 from relive.tracing import make_tracer_provider
 

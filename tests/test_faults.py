@@ -19,8 +19,9 @@ import pytest
 from test_recorder_support import ServiceProcess, create_ion, service_env
 
 from relive.client.executor import ExecutorClient
-from relive.client.recorder import EventSink, RecorderClient
+from relive.client.recorder import RecorderClient
 from relive.client.registry import RegistryClient
+from relive.client.sink import EventSink
 from relive.core import embedded
 from relive.core.config import Config
 from relive.core.embedded import EmbeddedStore

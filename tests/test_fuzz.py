@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from pymongo import MongoClient
 
-from relive.client.recorder import EventSink
+from relive.client.sink import EventSink
 from relive.core.config import Config
 from relive.core.serving import Server
 from relive.executor.v1 import executor_pb2

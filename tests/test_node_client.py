@@ -25,7 +25,7 @@ import grpc
 import pytest
 
 from relive.client.channel import connect_channel
-from relive.client.recorder import EventSink
+from relive.client.sink import EventSink
 from relive.core.config import Config
 from relive.core.serving import Server
 from relive.executor.v1 import executor_pb2

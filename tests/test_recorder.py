@@ -23,7 +23,8 @@ from test_recorder_support import (
 
 from relive import errors, notebook
 from relive import errors as domain_errors
-from relive.client.recorder import BufferFull, EventSink, FlushTimeout, RecorderClient, make_filter
+from relive.client.recorder import RecorderClient, make_filter
+from relive.client.sink import BufferFull, EventSink, FlushTimeout
 from relive.core import identity
 from relive.core.config import Config
 from relive.core.serving import Server

@@ -9,7 +9,8 @@ from pathlib import Path
 import grpc
 from test_recorder_support import ServiceProcess, create_ion, service_env
 
-from relive.client.recorder import EventSink, RecorderClient
+from relive.client.recorder import RecorderClient
+from relive.client.sink import EventSink
 from relive.core.config import Config
 from relive.core.serving import Server
 

@@ -157,7 +157,7 @@ def test_events_recorded_inside_a_span_carry_it_without_help(
 ) -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
-    from relive.client.recorder import EventSink
+    from relive.client.sink import EventSink
 
     ion = create_ion(registry_channel, "carried")
     tracer = TracerProvider().get_tracer("test")

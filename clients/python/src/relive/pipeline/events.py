@@ -2,7 +2,7 @@
 
 Components and the executor build events with :class:`EventFactory` (``relive.events``) and
 emit them to an :class:`EventSink`: in a run, the SDK's streaming
-``relive.client.recorder.EventSink``; in a component that hands its events back to the
+``relive.client.sink.EventSink``; in a component that hands its events back to the
 executor, or in a test, a :class:`ListSink`. Both give each event a producer identity the
 same way (``relive.events.Producer``), so the recorder deduplicates them on its fast path.
 """

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from relive.client import recorder as recorder_client
+from relive.client import sink as recorder_sink
 from relive.events import default_producer_id
 from relive.pipeline.context import RunContext
 from relive.pipeline.events import EventFactory, EventSink, ListSink
@@ -158,7 +158,7 @@ def execute(
         if task.return_events or not task.recorder:
             sink = returned = ListSink(producer)
         else:
-            sink = recorder_client.EventSink(
+            sink = recorder_sink.EventSink(
                 task.recorder, task.ion, producer_id=producer, access=task.access
             )
     if store is None:
@@ -267,7 +267,7 @@ def _serialized(sink: ListSink | None) -> list[bytes]:
 
 
 def _finish(sink: EventSink, own: bool) -> None:
-    if own and isinstance(sink, recorder_client.EventSink):
+    if own and isinstance(sink, recorder_sink.EventSink):
         sink.close()
     else:
         sink.flush()

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from relive.client.channel import Access
-from relive.client.recorder import EventSink, RecorderClient
+from relive.client.recorder import RecorderClient
 from relive.client.registry import RegistryClient
+from relive.client.sink import EventSink
 from relive.core import identity
 from relive.core.calls import calling
 from relive.errors import NotFound

@@ -21,7 +21,7 @@ from google.protobuf import json_format
 
 from relive import errors
 from relive.client.channel import Access
-from relive.client.recorder import EventSink
+from relive.client.sink import EventSink
 from relive.core import identity
 from relive.core.names import check_id, decode_token, encode_token, page_size, parse_name
 from relive.executor import drift, graph, launch, relaunch
