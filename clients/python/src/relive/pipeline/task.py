@@ -153,14 +153,7 @@ def execute(
     own_sink = sink is None
     returned: ListSink | None = None
     if sink is None:
-        # A producer of its own for each attempt: a retried task's events are new events.
-        producer = default_producer_id(f"{task.node}.{task.label}")
-        if task.return_events or not task.recorder:
-            sink = returned = ListSink(producer)
-        else:
-            sink = recorder_sink.EventSink(
-                task.recorder, task.ion, producer_id=producer, access=task.access
-            )
+        sink, returned = _open_sink(task)
     if store is None:
         store = (
             RegistryModelStore(task.registry, access=task.access)
@@ -171,62 +164,16 @@ def execute(
         task.ion, task.run, task.node, task.label, task.trace_id, span_id=task.span_id
     )
     factory.clock.observe(*task.hlc)
-    batch = labels = None
-    if task.batch_index is not None and task.source:
-        batch, labels = stream_batch(
-            upstream.get(task.source), task.root_seed, task.batch_index, task.batch_size
-        )
-        sink.emit(
-            factory.custom(
-                "stream.batch",
-                {
-                    "batch": task.batch_index,
-                    "rows": len(batch),
-                    "sha256": hashlib.sha256(np.ascontiguousarray(batch).tobytes()).hexdigest(),
-                    "model_version": task.models.get("model", ""),
-                },
-            )
-        )
-    ctx = RunContext(
-        ion=task.ion,
-        run=task.run,
-        node=task.node,
-        component=task.component,
-        params=task.params,
-        inputs=upstream,
-        models=task.models,
-        seed=task.seed,
-        sink=sink,
-        store=store,
-        factory=factory,
-        round=task.round,
-        outputs=task.outputs,
-        expected_datasets=task.expected_datasets,
-        allow_drift=task.allow_drift,
-        batch=batch,
-        batch_labels=labels,
-        batch_index=task.batch_index,
-        root_seed=task.root_seed,
-        batch_size=task.batch_size,
-    )
+    ctx = _context(task, upstream, sink, store, factory)
     details: dict[str, Any] = {"round": task.round}
     if task.batch_index is not None:
         details["batch"] = task.batch_index
     sink.emit(factory.lifecycle("component.started", "RUNNING", details))
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        if task.command:
-            value = _run_command(task, ctx, factory, sink)
-        else:
-            value = _call(_resolve(task.call, task.code_path), ctx)
-        if task.batch_index is not None and value is not None and not ctx.predictions:
-            ctx.log_predictions(value)
-        for output in task.outputs:
-            if output not in ctx.logged and value is not None and not task.command:
-                ctx.log_model(value, output)
+        value = _run_body(task, ctx, factory, sink)
     except BaseException as exc:
-        wall = time.perf_counter() - t0
-        sink.emit(factory.stat("sys.wall_s", wall, 0, SYSTEM))
+        sink.emit(factory.stat("sys.wall_s", time.perf_counter() - t0, 0, SYSTEM))
         message = f"{type(exc).__name__}: {exc}"
         sink.emit(
             factory.error("component.failed", type(exc).__name__, message, traceback.format_exc())
@@ -260,6 +207,83 @@ def execute(
         wall_s=wall,
         events=_serialized(returned),
     )
+
+
+def _open_sink(task: ComponentTask) -> tuple[EventSink, ListSink | None]:
+    """Where the component's events go: back to the executor (a list it forwards), or
+    straight to the recorder. A producer of its own for each attempt: a retried task's
+    events are new events."""
+    producer = default_producer_id(f"{task.node}.{task.label}")
+    if task.return_events or not task.recorder:
+        returned = ListSink(producer)
+        return returned, returned
+    sink = recorder_sink.EventSink(
+        task.recorder, task.ion, producer_id=producer, access=task.access
+    )
+    return sink, None
+
+
+def _context(
+    task: ComponentTask,
+    upstream: dict[str, Any],
+    sink: EventSink,
+    store: ModelStore,
+    factory: EventFactory,
+) -> RunContext:
+    """The component's run context; a streaming node's score gets its batch, recorded."""
+    batch = labels = None
+    if task.batch_index is not None and task.source:
+        batch, labels = stream_batch(
+            upstream.get(task.source), task.root_seed, task.batch_index, task.batch_size
+        )
+        sink.emit(
+            factory.custom(
+                "stream.batch",
+                {
+                    "batch": task.batch_index,
+                    "rows": len(batch),
+                    "sha256": hashlib.sha256(np.ascontiguousarray(batch).tobytes()).hexdigest(),
+                    "model_version": task.models.get("model", ""),
+                },
+            )
+        )
+    return RunContext(
+        ion=task.ion,
+        run=task.run,
+        node=task.node,
+        component=task.component,
+        params=task.params,
+        inputs=upstream,
+        models=task.models,
+        seed=task.seed,
+        sink=sink,
+        store=store,
+        factory=factory,
+        round=task.round,
+        outputs=task.outputs,
+        expected_datasets=task.expected_datasets,
+        allow_drift=task.allow_drift,
+        batch=batch,
+        batch_labels=labels,
+        batch_index=task.batch_index,
+        root_seed=task.root_seed,
+        batch_size=task.batch_size,
+    )
+
+
+def _run_body(task: ComponentTask, ctx: RunContext, factory: EventFactory, sink: EventSink) -> Any:
+    """Calls the component (or runs its command); a returned model or predictions are
+    logged when the component did not log them itself."""
+    if task.command:
+        value = _run_command(task, ctx, factory, sink)
+    else:
+        value = _call(_resolve(task.call, task.code_path), ctx)
+    if task.batch_index is not None and value is not None and not ctx.predictions:
+        ctx.log_predictions(value)
+    for output in task.outputs:
+        if output not in ctx.logged and value is not None and not task.command:
+            ctx.log_model(value, output)
+    return value
 
 
 def _serialized(sink: ListSink | None) -> list[bytes]:
