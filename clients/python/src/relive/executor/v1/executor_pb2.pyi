@@ -49,6 +49,29 @@ RUN_STATE_FAILED: RunState.ValueType  # 5
 RUN_STATE_CANCELLED: RunState.ValueType  # 6
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
+class _CodeSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CodeSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CodeSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CODE_SOURCE_UNSPECIFIED: _CodeSource.ValueType  # 0
+    """The recorded snapshots."""
+    CODE_SOURCE_RECORDED: _CodeSource.ValueType  # 1
+    """The recorded snapshots: the code the original run ran."""
+    CODE_SOURCE_CURRENT: _CodeSource.ValueType  # 2
+    """The code on the executor's code path now, snapshotted and recorded anew."""
+
+class CodeSource(_CodeSource, metaclass=_CodeSourceEnumTypeWrapper): ...
+
+CODE_SOURCE_UNSPECIFIED: CodeSource.ValueType  # 0
+"""The recorded snapshots."""
+CODE_SOURCE_RECORDED: CodeSource.ValueType  # 1
+"""The recorded snapshots: the code the original run ran."""
+CODE_SOURCE_CURRENT: CodeSource.ValueType  # 2
+"""The code on the executor's code path now, snapshotted and recorded anew."""
+Global___CodeSource: _TypeAlias = CodeSource  # noqa: Y015
+
 class _VerificationStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -578,13 +601,16 @@ class RelaunchRunRequest(_message.Message):
     PIPELINES_FIELD_NUMBER: _builtins.int
     ALLOW_DRIFT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
     run: _builtins.str
     """"ions/{ion}/runs/{run}"."""
     capture: _builtins.str
     """"ions/{ion}/captures/{capture}"; uses the run.launched spec inside it."""
     allow_drift: _builtins.bool
-    """Run even when a dataset's hash or a code commit changed."""
+    """Run even when a dataset's hash changed."""
     request_id: _builtins.str
+    code: Global___CodeSource.ValueType
+    """Which code the relaunch runs: the recorded snapshots (the default), or today's code."""
     @_builtins.property
     def pipelines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Pipelines to re-execute; empty means the whole ION. The others reuse
@@ -599,10 +625,11 @@ class RelaunchRunRequest(_message.Message):
         pipelines: _abc.Iterable[_builtins.str] | None = ...,
         allow_drift: _builtins.bool = ...,
         request_id: _builtins.str = ...,
+        code: Global___CodeSource.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture", "run", b"run", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_drift", b"allow_drift", "capture", b"capture", "pipelines", b"pipelines", "request_id", b"request_id", "run", b"run", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_drift", b"allow_drift", "capture", b"capture", "code", b"code", "pipelines", b"pipelines", "request_id", b"request_id", "run", b"run", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["run", "capture"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
@@ -645,12 +672,19 @@ class Verification(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
     TOLERANCE_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
     original: _builtins.str
     relaunch: _builtins.str
     status: Global___VerificationStatus.ValueType
     tolerance: _builtins.float
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeVerification]: ...
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputDifference]:
+        """What differed between the two runs' recorded inputs: code snapshots, dataset hashes,
+        environment, params and seeds. Empty when the inputs were the same.
+        """
+
     def __init__(
         self,
         *,
@@ -659,14 +693,51 @@ class Verification(_message.Message):
         status: Global___VerificationStatus.ValueType = ...,
         nodes: _abc.Iterable[Global___NodeVerification] | None = ...,
         tolerance: _builtins.float = ...,
+        differences: _abc.Iterable[Global___InputDifference] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes", "original", b"original", "relaunch", b"relaunch", "status", b"status", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["differences", b"differences", "nodes", b"nodes", "original", b"original", "relaunch", b"relaunch", "status", b"status", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Verification: _TypeAlias = Verification  # noqa: Y015
+
+@_typing.final
+class InputDifference(_message.Message):
+    """One recorded input that differs between an original and its relaunch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    ORIGINAL_FIELD_NUMBER: _builtins.int
+    RELAUNCH_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"code", "dataset", "environment", "params" or "seed"."""
+    key: _builtins.str
+    """What differs: a module, a dataset URI, a package, "python", a "node.component" key."""
+    original: _builtins.str
+    relaunch: _builtins.str
+    detail: _builtins.str
+    """A sentence for people: "code of module m changed: commit a1b2 -> c3d4, 1 file"."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        key: _builtins.str = ...,
+        original: _builtins.str = ...,
+        relaunch: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "key", b"key", "kind", b"kind", "original", b"original", "relaunch", b"relaunch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputDifference: _TypeAlias = InputDifference  # noqa: Y015
 
 @_typing.final
 class NodeVerification(_message.Message):
@@ -678,6 +749,7 @@ class NodeVerification(_message.Message):
     FIRST_DIVERGENT_EVENT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REUSED_FIELD_NUMBER: _builtins.int
+    LIKELY_CAUSE_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     status: Global___VerificationStatus.ValueType
     compared: _builtins.int
@@ -687,6 +759,10 @@ class NodeVerification(_message.Message):
     reason: _builtins.str
     reused: _builtins.bool
     """Set when the node was not re-executed (its recorded model was reused)."""
+    likely_cause: _builtins.str
+    """For a mismatch: the likeliest cause among the differing inputs this node used, as a
+    sentence ("code of module examples.churn.steps changed: ..."); empty when none is known.
+    """
     def __init__(
         self,
         *,
@@ -696,10 +772,11 @@ class NodeVerification(_message.Message):
         first_divergent_event: _builtins.str = ...,
         reason: _builtins.str = ...,
         reused: _builtins.bool = ...,
+        likely_cause: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compared", b"compared", "first_divergent_event", b"first_divergent_event", "node", b"node", "reason", b"reason", "reused", b"reused", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compared", b"compared", "first_divergent_event", b"first_divergent_event", "likely_cause", b"likely_cause", "node", b"node", "reason", b"reason", "reused", b"reused", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -470,7 +470,9 @@ Global___Edge: _TypeAlias = Edge  # noqa: Y015
 
 @_typing.final
 class CodeRef(_message.Message):
-    """Where code came from."""
+    """Where code came from: at registration, what the client saw; in a launch spec, what the
+    executor snapshotted and the components ran.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -479,16 +481,34 @@ class CodeRef(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     COMMIT_FIELD_NUMBER: _builtins.int
     DIRTY_FIELD_NUMBER: _builtins.int
+    TREE_SHA256_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    ROOT_FIELD_NUMBER: _builtins.int
+    FILE_SHA256_FIELD_NUMBER: _builtins.int
     module: _builtins.str
-    """The module or file this ref covers, "examples.churn.steps"."""
+    """The module or file this ref covers: "examples.churn.steps", or a command's script
+    path relative to its code root.
+    """
     repo: _builtins.str
-    """Remote URL of the repository, or its local path when it has no remote."""
+    """Remote URL of the repository, or its local path when it has no remote; empty when the
+    code is not in git.
+    """
     path: _builtins.str
-    """Path of the file inside the repository."""
+    """Path of the file inside the repository (or inside the code root, without git)."""
     commit: _builtins.str
-    """Commit checked out at registration."""
+    """Commit checked out (HEAD) when the ref was taken."""
     dirty: _builtins.bool
-    """True when the file differed from that commit."""
+    """True when the code tree differed from that commit (uncommitted or untracked files)."""
+    tree_sha256: _builtins.str
+    """Content hash of the code tree the module is imported from (its code root): sha256 over
+    every snapshotted file's path and content. Set by the executor at launch.
+    """
+    snapshot: _builtins.str
+    """The snapshot of that tree, "codeSnapshots/{sha256}"."""
+    root: _builtins.str
+    """The code root (a RELIVE_CODE_PATH entry) the module was found in, at launch."""
+    file_sha256: _builtins.str
+    """sha256 of the module's (or script's) own file."""
     def __init__(
         self,
         *,
@@ -497,14 +517,110 @@ class CodeRef(_message.Message):
         path: _builtins.str = ...,
         commit: _builtins.str = ...,
         dirty: _builtins.bool = ...,
+        tree_sha256: _builtins.str = ...,
+        snapshot: _builtins.str = ...,
+        root: _builtins.str = ...,
+        file_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "dirty", b"dirty", "module", b"module", "path", b"path", "repo", b"repo"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "dirty", b"dirty", "file_sha256", b"file_sha256", "module", b"module", "path", b"path", "repo", b"repo", "root", b"root", "snapshot", b"snapshot", "tree_sha256", b"tree_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CodeRef: _TypeAlias = CodeRef  # noqa: Y015
+
+@_typing.final
+class CodeSnapshot(_message.Message):
+    """The files of a code tree, stored once per content hash. The archive is a tar.gz: for a
+    git repository the commit's tree (git archive), the uncommitted diff and the untracked
+    files; otherwise the files themselves; in both cases with a manifest of every file.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FilesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ARCHIVE_BYTES_FIELD_NUMBER: _builtins.int
+    ARCHIVE_SHA256_FIELD_NUMBER: _builtins.int
+    FILE_COUNT_FIELD_NUMBER: _builtins.int
+    TREE_BYTES_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    REPO_FIELD_NUMBER: _builtins.int
+    COMMIT_FIELD_NUMBER: _builtins.int
+    DIRTY_FIELD_NUMBER: _builtins.int
+    REPO_PATH_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"codeSnapshots/{sha256}"."""
+    sha256: _builtins.str
+    """Content hash of the tree (the files), which names the snapshot."""
+    kind: _builtins.str
+    """"git" or "files": how the archive holds the tree."""
+    archive_bytes: _builtins.int
+    """Size of the archive, and its sha256."""
+    archive_sha256: _builtins.str
+    file_count: _builtins.int
+    """Number of files and their total size, unpacked."""
+    tree_bytes: _builtins.int
+    repo: _builtins.str
+    """For git: the repository, the commit, whether the tree differed from it, and the code
+    root's path inside the repository ("" at its top).
+    """
+    commit: _builtins.str
+    dirty: _builtins.bool
+    repo_path: _builtins.str
+    @_builtins.property
+    def files(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """sha256 of every file, by path relative to the code root."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        archive_bytes: _builtins.int = ...,
+        archive_sha256: _builtins.str = ...,
+        file_count: _builtins.int = ...,
+        tree_bytes: _builtins.int = ...,
+        files: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        repo: _builtins.str = ...,
+        commit: _builtins.str = ...,
+        dirty: _builtins.bool = ...,
+        repo_path: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_bytes", b"archive_bytes", "archive_sha256", b"archive_sha256", "commit", b"commit", "create_time", b"create_time", "dirty", b"dirty", "file_count", b"file_count", "files", b"files", "kind", b"kind", "name", b"name", "repo", b"repo", "repo_path", b"repo_path", "sha256", b"sha256", "tree_bytes", b"tree_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CodeSnapshot: _TypeAlias = CodeSnapshot  # noqa: Y015
 
 @_typing.final
 class DatasetRef(_message.Message):
@@ -1003,3 +1119,99 @@ class DownloadModelVersionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___DownloadModelVersionResponse: _TypeAlias = DownloadModelVersionResponse  # noqa: Y015
+
+@_typing.final
+class CreateCodeSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """Every later message: the next piece of the archive."""
+    @_builtins.property
+    def header(self) -> Global___CodeSnapshot:
+        """First message: the snapshot's metadata (output-only fields are ignored)."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___CodeSnapshot | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___CreateCodeSnapshotRequest: _TypeAlias = CreateCodeSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class GetCodeSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"codeSnapshots/{sha256}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCodeSnapshotRequest: _TypeAlias = GetCodeSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class DownloadCodeSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"codeSnapshots/{sha256}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadCodeSnapshotRequest: _TypeAlias = DownloadCodeSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class DownloadCodeSnapshotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """Every later message: the next piece of the archive."""
+    @_builtins.property
+    def code_snapshot(self) -> Global___CodeSnapshot:
+        """First message."""
+
+    def __init__(
+        self,
+        *,
+        code_snapshot: Global___CodeSnapshot | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "code_snapshot", b"code_snapshot", "payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "code_snapshot", b"code_snapshot", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["code_snapshot", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___DownloadCodeSnapshotResponse: _TypeAlias = DownloadCodeSnapshotResponse  # noqa: Y015

@@ -91,6 +91,21 @@ class RegistryServiceStub:
                 request_serializer=relive_dot_registry_dot_v1_dot_registry__pb2.DownloadModelVersionRequest.SerializeToString,
                 response_deserializer=relive_dot_registry_dot_v1_dot_registry__pb2.DownloadModelVersionResponse.FromString,
                 _registered_method=True)
+        self.CreateCodeSnapshot = channel.stream_unary(
+                '/relive.registry.v1.RegistryService/CreateCodeSnapshot',
+                request_serializer=relive_dot_registry_dot_v1_dot_registry__pb2.CreateCodeSnapshotRequest.SerializeToString,
+                response_deserializer=relive_dot_registry_dot_v1_dot_registry__pb2.CodeSnapshot.FromString,
+                _registered_method=True)
+        self.GetCodeSnapshot = channel.unary_unary(
+                '/relive.registry.v1.RegistryService/GetCodeSnapshot',
+                request_serializer=relive_dot_registry_dot_v1_dot_registry__pb2.GetCodeSnapshotRequest.SerializeToString,
+                response_deserializer=relive_dot_registry_dot_v1_dot_registry__pb2.CodeSnapshot.FromString,
+                _registered_method=True)
+        self.DownloadCodeSnapshot = channel.unary_stream(
+                '/relive.registry.v1.RegistryService/DownloadCodeSnapshot',
+                request_serializer=relive_dot_registry_dot_v1_dot_registry__pb2.DownloadCodeSnapshotRequest.SerializeToString,
+                response_deserializer=relive_dot_registry_dot_v1_dot_registry__pb2.DownloadCodeSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -175,6 +190,28 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCodeSnapshot(self, request_iterator, context):
+        """Stores a code snapshot (header, then the archive in chunks), once per content hash: a
+        second upload of the same tree returns the stored snapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCodeSnapshot(self, request, context):
+        """A code snapshot's metadata, without its archive.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadCodeSnapshot(self, request, context):
+        """A code snapshot's metadata, then its archive in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +269,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.DownloadModelVersion,
                     request_deserializer=relive_dot_registry_dot_v1_dot_registry__pb2.DownloadModelVersionRequest.FromString,
                     response_serializer=relive_dot_registry_dot_v1_dot_registry__pb2.DownloadModelVersionResponse.SerializeToString,
+            ),
+            'CreateCodeSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.CreateCodeSnapshot,
+                    request_deserializer=relive_dot_registry_dot_v1_dot_registry__pb2.CreateCodeSnapshotRequest.FromString,
+                    response_serializer=relive_dot_registry_dot_v1_dot_registry__pb2.CodeSnapshot.SerializeToString,
+            ),
+            'GetCodeSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCodeSnapshot,
+                    request_deserializer=relive_dot_registry_dot_v1_dot_registry__pb2.GetCodeSnapshotRequest.FromString,
+                    response_serializer=relive_dot_registry_dot_v1_dot_registry__pb2.CodeSnapshot.SerializeToString,
+            ),
+            'DownloadCodeSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadCodeSnapshot,
+                    request_deserializer=relive_dot_registry_dot_v1_dot_registry__pb2.DownloadCodeSnapshotRequest.FromString,
+                    response_serializer=relive_dot_registry_dot_v1_dot_registry__pb2.DownloadCodeSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -532,6 +584,87 @@ class RegistryService:
             '/relive.registry.v1.RegistryService/DownloadModelVersion',
             relive_dot_registry_dot_v1_dot_registry__pb2.DownloadModelVersionRequest.SerializeToString,
             relive_dot_registry_dot_v1_dot_registry__pb2.DownloadModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCodeSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/relive.registry.v1.RegistryService/CreateCodeSnapshot',
+            relive_dot_registry_dot_v1_dot_registry__pb2.CreateCodeSnapshotRequest.SerializeToString,
+            relive_dot_registry_dot_v1_dot_registry__pb2.CodeSnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCodeSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relive.registry.v1.RegistryService/GetCodeSnapshot',
+            relive_dot_registry_dot_v1_dot_registry__pb2.GetCodeSnapshotRequest.SerializeToString,
+            relive_dot_registry_dot_v1_dot_registry__pb2.CodeSnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadCodeSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/relive.registry.v1.RegistryService/DownloadCodeSnapshot',
+            relive_dot_registry_dot_v1_dot_registry__pb2.DownloadCodeSnapshotRequest.SerializeToString,
+            relive_dot_registry_dot_v1_dot_registry__pb2.DownloadCodeSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,14 @@ class RegistryServiceStub:
     """Lists the versions of one model, oldest first."""
     DownloadModelVersion: _grpc.UnaryStreamMultiCallable[_registry_pb2.DownloadModelVersionRequest, _registry_pb2.DownloadModelVersionResponse]
     """Downloads a model version: its metadata, then chunks of bytes."""
+    CreateCodeSnapshot: _grpc.StreamUnaryMultiCallable[_registry_pb2.CreateCodeSnapshotRequest, _registry_pb2.CodeSnapshot]
+    """Stores a code snapshot (header, then the archive in chunks), once per content hash: a
+    second upload of the same tree returns the stored snapshot.
+    """
+    GetCodeSnapshot: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetCodeSnapshotRequest, _registry_pb2.CodeSnapshot]
+    """A code snapshot's metadata, without its archive."""
+    DownloadCodeSnapshot: _grpc.UnaryStreamMultiCallable[_registry_pb2.DownloadCodeSnapshotRequest, _registry_pb2.DownloadCodeSnapshotResponse]
+    """A code snapshot's metadata, then its archive in chunks."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -88,6 +96,14 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Lists the versions of one model, oldest first."""
     DownloadModelVersion: _aio.UnaryStreamMultiCallable[_registry_pb2.DownloadModelVersionRequest, _registry_pb2.DownloadModelVersionResponse]  # type: ignore[assignment]
     """Downloads a model version: its metadata, then chunks of bytes."""
+    CreateCodeSnapshot: _aio.StreamUnaryMultiCallable[_registry_pb2.CreateCodeSnapshotRequest, _registry_pb2.CodeSnapshot]  # type: ignore[assignment]
+    """Stores a code snapshot (header, then the archive in chunks), once per content hash: a
+    second upload of the same tree returns the stored snapshot.
+    """
+    GetCodeSnapshot: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetCodeSnapshotRequest, _registry_pb2.CodeSnapshot]  # type: ignore[assignment]
+    """A code snapshot's metadata, without its archive."""
+    DownloadCodeSnapshot: _aio.UnaryStreamMultiCallable[_registry_pb2.DownloadCodeSnapshotRequest, _registry_pb2.DownloadCodeSnapshotResponse]  # type: ignore[assignment]
+    """A code snapshot's metadata, then its archive in chunks."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The registry of ION definitions, their immutable revisions, and model versions."""
@@ -181,5 +197,31 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.DownloadModelVersionResponse], _abc.AsyncIterator[_registry_pb2.DownloadModelVersionResponse]]:
         """Downloads a model version: its metadata, then chunks of bytes."""
+
+    @_abc_1.abstractmethod
+    def CreateCodeSnapshot(
+        self,
+        request_iterator: _MaybeAsyncIterator[_registry_pb2.CreateCodeSnapshotRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.CodeSnapshot, _abc.Awaitable[_registry_pb2.CodeSnapshot]]:
+        """Stores a code snapshot (header, then the archive in chunks), once per content hash: a
+        second upload of the same tree returns the stored snapshot.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCodeSnapshot(
+        self,
+        request: _registry_pb2.GetCodeSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.CodeSnapshot, _abc.Awaitable[_registry_pb2.CodeSnapshot]]:
+        """A code snapshot's metadata, without its archive."""
+
+    @_abc_1.abstractmethod
+    def DownloadCodeSnapshot(
+        self,
+        request: _registry_pb2.DownloadCodeSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.DownloadCodeSnapshotResponse], _abc.AsyncIterator[_registry_pb2.DownloadCodeSnapshotResponse]]:
+        """A code snapshot's metadata, then its archive in chunks."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
