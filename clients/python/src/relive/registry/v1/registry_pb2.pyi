@@ -323,6 +323,7 @@ class Component(_message.Message):
     AFTER_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     call: _builtins.str
     """"package.module:function", for Python components."""
     image: _builtins.str
@@ -339,6 +340,10 @@ class Component(_message.Message):
     def params(self) -> _struct_pb2.Struct:
         """Parameters, overridable at launch with --set NODE.COMPONENT.KEY=VALUE."""
 
+    @_builtins.property
+    def resources(self) -> Global___Resources:
+        """What the component's Ray task asks for; unset fields keep Ray's defaults (1 CPU)."""
+
     def __init__(
         self,
         *,
@@ -347,14 +352,70 @@ class Component(_message.Message):
         after: _abc.Iterable[_builtins.str] | None = ...,
         params: _struct_pb2.Struct | None = ...,
         image: _builtins.str = ...,
+        resources: Global___Resources | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "call", b"call", "command", b"command", "image", b"image", "params", b"params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "call", b"call", "command", b"command", "image", b"image", "params", b"params", "resources", b"resources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Component: _TypeAlias = Component  # noqa: Y015
+
+@_typing.final
+class Resources(_message.Message):
+    """Resources of one component's task, as Ray takes them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CustomEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NUM_CPUS_FIELD_NUMBER: _builtins.int
+    NUM_GPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELD_NUMBER: _builtins.int
+    num_cpus: _builtins.float
+    """CPUs; 0 means the default, 1."""
+    num_gpus: _builtins.float
+    memory_bytes: _builtins.int
+    """Memory in bytes."""
+    @_builtins.property
+    def custom(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Custom resources, by name: {"node2": 1}."""
+
+    def __init__(
+        self,
+        *,
+        num_cpus: _builtins.float = ...,
+        num_gpus: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        custom: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom", b"custom", "memory_bytes", b"memory_bytes", "num_cpus", b"num_cpus", "num_gpus", b"num_gpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Resources: _TypeAlias = Resources  # noqa: Y015
 
 @_typing.final
 class Policy(_message.Message):
