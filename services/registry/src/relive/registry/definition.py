@@ -11,6 +11,7 @@ An ION file is a YAML mapping::
             load: {call: examples.churn.steps:load, params: {dataset: breast_cancer}}
             fit:  {call: examples.churn.steps:fit, after: [load], params: {C: 1.0}}
             # a component in another language: {command: [node, score.js], image: optional}
+            # what its Ray task asks for (optional): {resources: {num_cpus: 2, custom: {gpu_box: 1}}}
           outputs: {model: fit}  # optional; output name -> the component that makes it
         schedule: {every_launches: 3}      # optional; also every_seconds, every_batches
         streaming: {batches: 20, batch_size: 32, score: score}   # optional; pipelines only
@@ -353,7 +354,9 @@ def _pipeline(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str]) -> dic
 
 
 def _component(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str]) -> dict[str, Any]:
-    c = _mapping(doc, raw, path, allowed=("call", "command", "after", "params", "image"))
+    c = _mapping(
+        doc, raw, path, allowed=("call", "command", "after", "params", "image", "resources")
+    )
     if ("call" in c) == ("command" in c):
         raise doc.error(path, "a component needs exactly one of 'call' or 'command'")
     out: dict[str, Any] = {"call": "", "command": [], "after": [], "params": {}, "image": ""}
@@ -387,7 +390,71 @@ def _component(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str]) -> di
         _local_id(doc, dep, (*path, "after", i), "component id")
     out["after"] = sorted(set(after))
     out["params"] = _params(doc, c.get("params"), (*path, "params"))
+    if "resources" in c:  # only when given, so that definitions without it keep their hash
+        out["resources"] = _resources(doc, c["resources"], (*path, "resources"))
     return out
+
+
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
+_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def _memory_bytes(doc: _Doc, value: Any, path: Path_) -> int:
+    """Bytes, as a number or a string with a unit: 512MiB, 2G, 1.5GB."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _MEMORY.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise doc.error(
+            path, f"must be a number of bytes or a size such as 512MiB or 2GB, got {value!r}"
+        )
+    unit = (match.group(2) or "").lower()
+    base = 1024 if unit.endswith("i") else 1000  # MiB = 1024², MB = 1000²
+    return int(float(match.group(1)) * base ** _POWERS[unit.removesuffix("i")])
+
+
+def _resources(doc: _Doc, raw: Any, path: Path_) -> dict[str, Any]:
+    """What the component's Ray task asks for: CPUs, GPUs, memory and custom resources."""
+    r = _mapping(doc, raw, path, allowed=("num_cpus", "num_gpus", "memory", "custom"))
+    out: dict[str, Any] = {}
+    for key in ("num_cpus", "num_gpus"):
+        if key in r:
+            problem = number_problem(r[key], low=0)
+            if problem:
+                raise doc.error((*path, key), problem)
+            out[key] = float(r[key])
+    if "memory" in r:
+        out["memory_bytes"] = _memory_bytes(doc, r["memory"], (*path, "memory"))
+    if "custom" in r:
+        custom = r["custom"]
+        if not isinstance(custom, dict) or not custom:
+            raise doc.error(
+                (*path, "custom"), f"must be a mapping of resource name to amount, got {custom!r}"
+            )
+        out["custom"] = {}
+        for name, amount in custom.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.:/-]{1,128}", name):
+                raise doc.error(
+                    (*path, "custom"), f"resource name {name!r} must match [A-Za-z0-9_.:/-]+"
+                )
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise doc.error(
+                    (*path, "custom", name),
+                    f"{name!r} is Ray's own resource; use num_cpus, num_gpus or memory",
+                )
+            problem = number_problem(amount, positive=True)
+            if problem:
+                raise doc.error((*path, "custom", name), problem)
+            out["custom"][name] = float(amount)
+    return out
+
+
+def resources_to_pb(resources: dict[str, Any], out: Any) -> None:
+    """Fills a ``registry_pb2.Resources`` from a component's validated ``resources``."""
+    out.num_cpus = resources.get("num_cpus", 0.0)
+    out.num_gpus = resources.get("num_gpus", 0.0)
+    out.memory_bytes = resources.get("memory_bytes", 0)
+    out.custom.update(resources.get("custom", {}))
 
 
 def _schedule(doc: _Doc, raw: Any, path: Path_) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 
 from relive import policies
 from relive.errors import InvalidArgument
+from relive.registry.definition import resources_to_pb
 from relive.registry.model import (
     CodeRef,
     DatasetRef,
@@ -54,6 +55,8 @@ def definition_to_pb(d: dict[str, Any]) -> pb.IonDefinition:
                 pc.after.extend(c["after"])
                 pc.params.update(c["params"])
                 pc.image = c["image"]
+                if "resources" in c:
+                    resources_to_pb(c["resources"], pc.resources)
             n.pipeline.outputs.update(node["pipeline"]["outputs"])
             if "schedule" in node:
                 n.schedule.SetInParent()
