@@ -2,7 +2,9 @@
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=/opt/venv UV_COMPILE_BYTECODE=1
-RUN pip install --no-cache-dir 'uv>=0.4,<1'
+# git: code snapshots are git archives plus diffs (relive.code), taken and applied here.
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/* && pip install --no-cache-dir 'uv>=0.4,<1'
 WORKDIR /app
 COPY pyproject.toml uv.lock ./
 COPY clients/python clients/python
