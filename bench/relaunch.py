@@ -80,7 +80,7 @@ class DirectRay:
         return None
 
 
-def run_direct(definition_run: pb.Run, code_path: list[str]) -> tuple[float, int]:
+def run_direct(definition_run: pb.Run) -> tuple[float, int]:
     """The same ION, spec and components, in this process: no Ray, no recorder, no registry."""
     from relive.executor.execution import RunEnv
     from relive.executor.relaunch import RelaunchPlan
@@ -96,9 +96,7 @@ def run_direct(definition_run: pb.Run, code_path: list[str]) -> tuple[float, int
     run.is_terminal = False
     for node in sorted(run.spec.definition.nodes):
         run.nodes.add(node=node, state=pb.RUN_STATE_PENDING)
-    env = RunEnv(
-        recorder="", registry="", code_path=code_path, sink=sink, store=store, remote=fake, ray=fake
-    )
+    env = RunEnv(recorder="", registry="", sink=sink, store=store, remote=fake, ray=fake)
     ex = RunExecution(run, env, RelaunchPlan(), lambda r: None)
     t0 = time.perf_counter()
     ex._main()
@@ -215,7 +213,7 @@ def main() -> None:
         directs = []
         executed = 0
         for _ in range(repeat):
-            d, executed = run_direct(original, [str(ROOT)])
+            d, executed = run_direct(original)
             directs.append(d)
         relaunch_s = statistics.median(relaunches)
         direct_s = statistics.median(directs)

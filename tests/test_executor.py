@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 import time
@@ -402,26 +401,3 @@ def test_wall_clock_retraining_is_replayed_by_batch_position(
     assert stack.executor.verify(original.name, relaunch.name).status == (
         pb.VERIFICATION_STATUS_MATCH
     )
-
-
-def test_relaunch_refuses_code_it_cannot_reach() -> None:
-    from relive.executor.drift import code_problems
-    from relive.registry.v1 import registry_pb2
-    from tests.executor_fixtures import REPO_ROOT
-
-    head = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    ok = registry_pb2.CodeRef(
-        module=STEPS, repo=str(REPO_ROOT), path="examples/patterns/steps.py", commit=head
-    )
-    gone = registry_pb2.CodeRef(module=STEPS, repo=str(REPO_ROOT), path=ok.path, commit="ab" * 20)
-    elsewhere = registry_pb2.CodeRef(
-        module=STEPS, repo="https://example.invalid/other.git", path=ok.path, commit=head
-    )
-    roots = [str(REPO_ROOT)]
-    assert code_problems([gone], roots) == [
-        f"code ref {STEPS}: commit {'ab' * 6} cannot be reached in {REPO_ROOT}"
-    ]
-    assert "is not reachable here" in code_problems([elsewhere], roots)[0]
-    assert all("cannot be reached" not in p for p in code_problems([ok], roots))

@@ -76,9 +76,16 @@ def register(subparsers: Any) -> None:
         help="re-execute only this pipeline (repeatable); the others reuse their recorded models",
     )
     p.add_argument(
+        "--code",
+        choices=("recorded", "current"),
+        default="recorded",
+        help="recorded: the code snapshots the original ran (default); current: the code on "
+        "the executor's code path now, snapshotted and recorded",
+    )
+    p.add_argument(
         "--allow-drift",
         action="store_true",
-        help="run even if a dataset's hash or a code commit changed",
+        help="run even if a dataset's hash changed",
     )
     p.add_argument("--wait", action="store_true", help="wait until the relaunch ends")
     add_json_flag(p)
@@ -289,12 +296,10 @@ def _cancel(args: argparse.Namespace) -> int:
 def _relaunch(args: argparse.Namespace) -> int:
     source = args.source
     with client() as c:
-        if "/captures/" in source:
-            run = c.relaunch(capture=source, pipelines=args.pipelines, allow_drift=args.allow_drift)
-        else:
-            run = c.relaunch(
-                run=run_name(source), pipelines=args.pipelines, allow_drift=args.allow_drift
-            )
+        where = {"capture": source} if "/captures/" in source else {"run": run_name(source)}
+        run = c.relaunch(
+            **where, pipelines=args.pipelines, allow_drift=args.allow_drift, code=args.code
+        )
         if args.wait:
             run = (
                 c.wait(run.name, 24 * 3600)
@@ -323,8 +328,19 @@ def verification_dict(v: pb.Verification) -> dict[str, Any]:
                 "reused": n.reused,
                 "first_divergent_event": n.first_divergent_event,
                 "reason": n.reason,
+                "likely_cause": n.likely_cause,
             }
             for n in v.nodes
+        ],
+        "differences": [
+            {
+                "kind": d.kind,
+                "key": d.key,
+                "original": d.original,
+                "relaunch": d.relaunch,
+                "detail": d.detail,
+            }
+            for d in v.differences
         ],
     }
 
@@ -353,4 +369,11 @@ def _verify(args: argparse.Namespace) -> int:
             ],
             ["NODE", "STATUS", "COMPARED", "", "FIRST DIVERGENT EVENT", "REASON"],
         )
+        for n in v.nodes:
+            if n.likely_cause:
+                print(f"likely cause of {n.node}: {n.likely_cause}")
+        if v.differences:
+            print(f"inputs that differ ({len(v.differences)}):")
+            for d in v.differences:
+                print(f"  {d.kind:<12} {d.detail}")
     return 0 if v.status == pb.VERIFICATION_STATUS_MATCH else 1

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from relive.client.channel import DEFAULT_TIMEOUT_S, call
-from relive.errors import DeadlineExceeded, from_rpc_error
+from relive.errors import DeadlineExceeded, InvalidArgument, from_rpc_error
 from relive.executor.v1 import executor_pb2 as pb
 from relive.executor.v1 import executor_pb2_grpc
 
@@ -32,6 +32,20 @@ def state_name(state: Any) -> str:
 
 def status_name(status: Any) -> str:
     return pb.VerificationStatus.Name(status).removeprefix("VERIFICATION_STATUS_")
+
+
+CODE_SOURCES = {"recorded": pb.CODE_SOURCE_RECORDED, "current": pb.CODE_SOURCE_CURRENT}
+
+
+def code_source(code: str | pb.CodeSource.ValueType) -> pb.CodeSource.ValueType:
+    """``"recorded"`` / ``"current"`` (or the enum itself) as a ``CodeSource``."""
+    if isinstance(code, str):
+        if code not in CODE_SOURCES:
+            raise InvalidArgument(
+                f"code must be one of {', '.join(CODE_SOURCES)}, not {code!r}", field="code"
+            )
+        return CODE_SOURCES[code]
+    return code
 
 
 class ExecutorClient:
@@ -128,11 +142,15 @@ class ExecutorClient:
         pipelines: Sequence[str] = (),
         allow_drift: bool = False,
         request_id: str | None = None,
+        code: str | pb.CodeSource.ValueType = "recorded",
     ) -> pb.Run:
+        """``code``: ``"recorded"`` runs the snapshots the original ran (the default),
+        ``"current"`` the code on the executor's code path now."""
         req = pb.RelaunchRunRequest(
             pipelines=list(pipelines),
             allow_drift=allow_drift,
             request_id=request_id or uuid.uuid4().hex,
+            code=code_source(code),
         )
         if capture:
             req.capture = capture

@@ -68,7 +68,10 @@ class ComponentTask:
     registry: str = ""
     # As whom the component calls them: the launching user's token, never the executor's.
     access: Access | None = None
-    code_path: list[str] = field(default_factory=list)
+    # The code snapshot ("codeSnapshots/{sha256}") the component runs from: Ray's working_dir
+    # of the task, its working directory. Empty when its code is not under a code root (an
+    # installed package, a system command): then it is the environment's.
+    snapshot: str = ""
     trace_id: str = ""
     # The component's span in the run's trace (the explicit carrier across the Ray hop).
     span_id: str = ""
@@ -103,14 +106,27 @@ class ComponentResult:
     events: list[bytes] = field(default_factory=list)
 
 
-def _resolve(call: str, code_path: list[str]) -> Any:
-    for p in reversed(code_path):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+def _resolve(call: str, snapshot: str = "") -> Any:
+    """The function ``call`` names. From a snapshot, its module must come from the working
+    directory (the snapshot): it goes first on the import path, and a module found anywhere
+    else (the live code on some path entry) is refused rather than run."""
     module_name, _, attr = call.partition(":")
     if not attr:
         raise ValueError(f"component call {call!r} must look like 'package.module:function'")
+    here = os.getcwd()
+    if snapshot and sys.path[:1] != [here]:
+        sys.path.insert(0, here)
     module = importlib.import_module(module_name)
+    origin = getattr(module, "__file__", None)
+    if (
+        snapshot
+        and origin
+        and not os.path.realpath(origin).startswith(os.path.realpath(here) + os.sep)
+    ):
+        raise ImportError(
+            f"module {module_name} was imported from {origin}, not from the run's code "
+            f"snapshot {snapshot} in {here}"
+        )
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part)
@@ -277,7 +293,7 @@ def _run_body(task: ComponentTask, ctx: RunContext, factory: EventFactory, sink:
     if task.command:
         value = _run_command(task, ctx, factory, sink)
     else:
-        value = _call(_resolve(task.call, task.code_path), ctx)
+        value = _call(_resolve(task.call, task.snapshot), ctx)
     if task.batch_index is not None and value is not None and not ctx.predictions:
         ctx.log_predictions(value)
     for output in task.outputs:
@@ -328,8 +344,7 @@ def _run_command(
         env=env,
         capture_output=True,
         text=True,
-        check=False,
-        cwd=task.code_path[0] if task.code_path else None,
+        check=False,  # in the worker's working directory: the snapshot, when there is one
     )
     lines = []
     for line in proc.stdout.splitlines():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from relive.client.channel import Access
@@ -14,7 +15,7 @@ from relive.client.registry import RegistryClient
 from relive.client.sink import EventSink
 from relive.core import identity
 from relive.core.calls import calling
-from relive.errors import NotFound
+from relive.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from relive.pipeline.models import RegistryModelStore
 from relive.recorder.v1 import event_pb2, recorder_pb2
 from relive.registry.v1 import registry_pb2
@@ -49,6 +50,40 @@ class Registry:
         ion, _, revision = name.partition("/revisions/")
         with calling("registry", name):
             return self._client.for_project(project).get_revision(ion, revision)
+
+    # Code snapshots: each project keeps its own record of a tree (the registry stores the
+    # archive once), so every call names the run's project.
+
+    def get_code_snapshot(self, name: str, project: str) -> registry_pb2.CodeSnapshot | None:
+        """The snapshot's metadata (its file manifest too), or None when it is not stored."""
+        with calling("registry", name):
+            try:
+                return self._client.for_project(project).get_code_snapshot(name)
+            except NotFound:
+                return None
+
+    def create_code_snapshot(
+        self, header: registry_pb2.CodeSnapshot, archive: Path, project: str
+    ) -> registry_pb2.CodeSnapshot:
+        what = f"cannot store code snapshot {header.name}"
+        try:
+            with calling("registry", what):
+                return self._client.for_project(project).create_code_snapshot(header, archive)
+        except Unavailable as e:
+            cause = e.__cause__
+            if isinstance(cause, ResourceExhausted):  # the registry's bound, not a hiccup
+                raise FailedPrecondition(
+                    f"{what}: {cause.message}",
+                    field=cause.metadata.get("setting", "RELIVE_CODE_MAX_BYTES"),
+                ) from cause
+            raise
+
+    def download_code_snapshot(
+        self, name: str, out: Path, project: str
+    ) -> registry_pb2.CodeSnapshot:
+        """Writes the snapshot's archive to ``out``; NotFound when it is not stored."""
+        with calling("registry", name):
+            return self._client.for_project(project).download_code_snapshot(name, out)
 
     def models(self, project: str) -> RegistryModelStore:
         """Model versions as ``project``: runs store their models there."""

@@ -22,6 +22,20 @@ from relive.registry.v1 import registry_pb2
 log = logging.getLogger(__name__)
 
 
+def ray_options(component: registry_pb2.Component) -> dict[str, Any]:
+    """The task options a component's ``resources`` ask for; unset ones keep the default of
+    one CPU and nothing else."""
+    r = component.resources
+    options: dict[str, Any] = {"num_cpus": r.num_cpus or 1}
+    if r.num_gpus:
+        options["num_gpus"] = r.num_gpus
+    if r.memory_bytes:
+        options["memory"] = r.memory_bytes
+    if r.custom:
+        options["resources"] = dict(r.custom)
+    return options
+
+
 class ComponentRunner:
     """Runs one run's components on Ray and keeps the tasks in flight, to cancel them."""
 
@@ -53,13 +67,14 @@ class ComponentRunner:
         outputs: Mapping[str, str],
     ) -> ComponentTask:
         env = self.scope.env
+        code = env.code.of(name, comp_id) if env.code is not None else None
         return ComponentTask(
             ion=self.scope.ion,
             run=self.scope.run,
             node=name,
             component=comp_id,
             call=comp.call,
-            command=list(comp.command),
+            command=list(code.command if code is not None else comp.command),
             params=params_of(self.scope.spec, name, comp_id),
             root_seed=self.scope.spec.seed,
             round=round_,
@@ -70,7 +85,7 @@ class ComponentRunner:
             recorder=env.recorder,
             registry=env.registry,
             access=env.access,
-            code_path=env.code_path,
+            snapshot=code.snapshot if code is not None else "",
             trace_id=self.trace_id,
             span_id=os.urandom(8).hex(),
             hlc=self.scope.events.clock.now(),
@@ -80,7 +95,12 @@ class ComponentRunner:
     def submit(self, task: ComponentTask, upstream: Mapping[str, Any]) -> Any:
         self.trace.open(task.span_id)
         names = sorted(upstream)
-        ref = self.scope.env.remote.options(name=f"{task.node}.{task.label}").remote(
+        options = ray_options(
+            self.scope.definition.nodes[task.node].pipeline.components[task.component]
+        )
+        if self.scope.env.code is not None:
+            options.update(self.scope.env.code.of(task.node, task.component).ray_options())
+        ref = self.scope.env.remote.options(name=f"{task.node}.{task.label}", **options).remote(
             task, names, *[upstream[n] for n in names]
         )
         with self._lock:

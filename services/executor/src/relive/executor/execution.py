@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -16,6 +16,9 @@ from relive.pipeline.events import EventFactory, EventSink, struct_to_dict
 from relive.pipeline.models import ModelStore
 from relive.recorder.v1.event_pb2 import Event
 from relive.registry.v1 import registry_pb2
+
+if TYPE_CHECKING:
+    from relive.executor.code import RunCode
 
 
 class RunStopped(Exception):
@@ -32,7 +35,6 @@ class RunEnv:
 
     recorder: str
     registry: str
-    code_path: list[str]
     sink: EventSink
     store: ModelStore
     remote: Any  # the Ray remote function that runs a component
@@ -40,6 +42,9 @@ class RunEnv:
     project: str = DEFAULT_PROJECT  # the run's (its ION's) project
     access: Access | None = None  # what components call the services with
     allow_drift: bool = False
+    # Each component's code snapshot and its Ray working_dir; None runs components from the
+    # import path of wherever they run (in one process, as bench/relaunch.py does).
+    code: RunCode | None = None
 
 
 @dataclass

@@ -3,16 +3,19 @@ spec (from its ``run.launched`` event), and its events."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from google.protobuf import json_format
 
 from relive import errors
-from relive.executor import relaunch
+from relive.executor import inputs, relaunch
 from relive.executor.backends import Recorder
 from relive.executor.store import RunStore
 from relive.executor.v1 import executor_pb2 as pb
 from relive.executor.verify import verify as compare_runs
 from relive.pipeline.events import struct_to_dict
 from relive.recorder.v1 import event_pb2
+from relive.registry.v1 import registry_pb2
 
 
 def ion_of(run_name: str) -> str:
@@ -30,9 +33,16 @@ class RecordedRuns:
     """Runs as recorded: by this executor's store where it has them, else by the recorder
     (a run of another deployment, imported with a capture)."""
 
-    def __init__(self, recorder: Recorder, store: RunStore) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        store: RunStore,
+        snapshots: Callable[..., Mapping[str, registry_pb2.CodeSnapshot]] = lambda *_: {},
+    ) -> None:
         self.recorder = recorder
         self.store = store
+        # The stored code snapshots two specs name, for which files of a tree changed.
+        self.snapshots = snapshots
 
     def spec_of_run(self, name: str, project: str) -> tuple[pb.LaunchSpec, str]:
         run = self.store.get(name)
@@ -83,11 +93,20 @@ class RecordedRuns:
         for events, name, field in ((a, name_a, "original"), (b, name_b, "relaunch")):
             if not events:
                 raise errors.NotFound(f"the recorder holds no events of run {name}", field=field)
-        launched = next((e for e in a if e.type == "run.launched"), None)
-        if launched is not None:
-            nodes = sorted(spec_from_event(launched).definition.nodes)
+        spec_a, spec_b = (
+            next((spec_from_event(e) for e in events if e.type == "run.launched"), None)
+            for events in (a, b)
+        )
+        if spec_a is not None:
+            nodes = sorted(spec_a.definition.nodes)
         else:
             nodes = sorted({e.node for e in a if e.node})
+        differences: list[pb.InputDifference] = []
+        causes: dict[str, str] = {}
+        if spec_a is not None and spec_b is not None:
+            snapshots = self.snapshots(project_a, spec_a, spec_b)
+            differences = inputs.differences(spec_a, spec_b, snapshots)
+            causes = inputs.likely_causes(spec_a, differences)
         stored = self.store.get(name_a)
         outputs = {n.node: dict(n.outputs) for n in stored.nodes} if stored else None
-        return compare_runs(name_a, name_b, nodes, a, b, tolerance, outputs)
+        return compare_runs(name_a, name_b, nodes, a, b, tolerance, outputs, differences, causes)

@@ -6,11 +6,14 @@ import logging
 import os
 from typing import Any
 
+from relive.code import CodeSettings
 from relive.core.config import Config
 from relive.core.mongo import connect, disconnect
 from relive.core.serving import Server, build_server, run_service
 from relive.errors import FailedPrecondition
 from relive.executor.backends import Recorder, Registry
+from relive.executor.code import CodeKeeper
+from relive.executor.ray_packages import RayPackages
 from relive.executor.service import ExecutorService
 from relive.executor.servicer import ExecutorServicer
 from relive.executor.store import ALIAS, RunStore
@@ -28,21 +31,16 @@ def _component_entry(task: Any, names: list[str], *upstream: Any) -> Any:
 
 
 def init_ray(config: Config) -> Any:
-    """Attaches to ``config.ray_address``, or starts a local Ray once per process."""
+    """Attaches to ``config.ray_address``, or starts a local Ray once per process. The code
+    path is not on the workers' import path: each component gets its run's code snapshot as
+    its task's working_dir (``relive.executor.code``), so no worker falls back to live code."""
     import ray
 
     if not ray.is_initialized():
-        paths = [p for p in config.code_path if p]
-        env = {
-            "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]).strip(
-                os.pathsep
-            )
-        }
         kwargs: dict[str, Any] = {
             "ignore_reinit_error": True,
             "include_dashboard": False,
             "log_to_driver": False,
-            "runtime_env": {"env_vars": env},
         }
         if config.ray_address:
             ray.init(address=config.ray_address, **kwargs)
@@ -73,13 +71,21 @@ def create_server(config: Config) -> tuple[Server, int]:
     access = config.service_access()
     registry = Registry(config.registry_endpoint, access)
     recorder = Recorder(config.recorder_endpoint, access)
+    code_dir = config.data_dir / "code"
+    code = CodeKeeper(
+        registry,
+        config.code_path,
+        code_dir,
+        CodeSettings.from_env(),
+        ship=RayPackages(code_dir / "ray").uri,
+    )
     service = ExecutorService(
         store=RunStore(),
         registry=registry,
         recorder=recorder,
         ray=ray,
         remote=remote_function(ray),
-        code_path=config.code_path,
+        code=code,
         access=access,
     )
     recovered = service.recover()

@@ -1,9 +1,9 @@
 """The executor's domain logic: launch, runs, approvals, relaunch and verification.
 
 It knows no gRPC: it takes and returns protobuf messages and raises relive.errors.
-Freezing a launch spec is ``launch``'s, reading what a run recorded is ``recorded``'s,
-planning a relaunch from it is ``relaunch``'s, the runs in progress are ``live``'s, and
-running a run is ``runner``'s.
+Freezing a launch spec is ``launch``'s, the code a run runs is ``code``'s, reading what a
+run recorded is ``recorded``'s, planning a relaunch from it is ``relaunch``'s, the runs in
+progress are ``live``'s, and running a run is ``runner``'s.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from relive.core import identity
 from relive.core.names import check_id, decode_token, encode_token, page_size, parse_name
 from relive.executor import drift, graph, launch, relaunch
 from relive.executor.backends import Recorder, Registry
+from relive.executor.code import CodeKeeper
 from relive.executor.execution import RunEnv, now_ts
 from relive.executor.live import LiveRuns
 from relive.executor.recorded import RecordedRuns, ion_of
@@ -52,7 +53,7 @@ class ExecutorService:
         recorder: Recorder,
         ray: Any,
         remote: Callable[..., Any],
-        code_path: Sequence[str],
+        code: CodeKeeper,
         access: Access | None = None,
     ) -> None:
         self.store = store
@@ -62,9 +63,9 @@ class ExecutorService:
         self.recorder = recorder
         self.ray = ray
         self.remote = remote
-        self.code_path = list(code_path)
+        self.code = code
         self.live = LiveRuns(store)
-        self.recorded = RecordedRuns(recorder, store)
+        self.recorded = RecordedRuns(recorder, store, code.snapshots_of)
         self._sinks: dict[str, EventSink] = {}
         self._lock = threading.Lock()
 
@@ -260,7 +261,8 @@ class ExecutorService:
             seed=seed or random.randrange(1, 2**31),
             environment=launch.environment(getattr(self.ray, "__version__", "")),
         )
-        spec.code_refs.extend(revision.code_refs)
+        # What the components run now, whatever the revision's refs (what the CLI saw) say.
+        spec.code_refs.extend(self.code.record(revision.definition, project).refs)
         spec.overrides.update(overrides)
         launch.resolve_params(spec, revision.definition, overrides)
         launch.resolve_datasets(spec)
@@ -281,6 +283,8 @@ class ExecutorService:
         allow_drift: bool = False,
     ) -> pb.Run:
         graph.topo_order(graph.dependencies(spec.definition))
+        # Before the run exists: a snapshot that cannot be had fails the call, not the run.
+        code = self.code.prepare(spec.code_refs, spec.definition, project, plan.execute)
         number = self.store.next_number(f"run:{ion}")
         name = f"ions/{ion}/runs/run-{number}-{os.urandom(3).hex()}"
         run = pb.Run(
@@ -315,7 +319,6 @@ class ExecutorService:
         env = RunEnv(
             recorder=self.recorder.endpoint,
             registry=self.registry.endpoint,
-            code_path=self.code_path,
             # Its flush at the run's end fails the run if the recorder refused its events.
             sink=sink.for_run(name),
             store=self.registry.models(project),
@@ -324,6 +327,7 @@ class ExecutorService:
             project=project,
             access=self._delegated(project),
             allow_drift=allow_drift,
+            code=code,
         )
         ex = RunExecution(run, env, plan, self.live.on_change, run_span=run_span)
         self.live.add(name, ex)
@@ -333,10 +337,25 @@ class ExecutorService:
     # ----- relaunch
 
     def relaunch(
-        self, run: str, capture: str, pipelines: Sequence[str], allow_drift: bool, request_id: str
+        self,
+        run: str,
+        capture: str,
+        pipelines: Sequence[str],
+        allow_drift: bool,
+        request_id: str,
+        code: pb.CodeSource.ValueType = pb.CODE_SOURCE_RECORDED,
     ) -> pb.Run:
         if bool(run) == bool(capture):
             raise errors.InvalidArgument("give exactly one of run or capture", field="source")
+        if code not in (
+            pb.CODE_SOURCE_UNSPECIFIED,
+            pb.CODE_SOURCE_RECORDED,
+            pb.CODE_SOURCE_CURRENT,
+        ):
+            raise errors.InvalidArgument(
+                f"code must be CODE_SOURCE_RECORDED or CODE_SOURCE_CURRENT, got {int(code)}",
+                field="code",
+            )
         if run:
             ion = parse_name(run, RUN_PATTERN, "run")["ion"]
             project = self._recorded_run_project(run, "run")
@@ -352,6 +371,11 @@ class ExecutorService:
             self._refuse_drift(spec, original)
         recorded = self.recorded.for_relaunch(f"ions/{ion}", project, original)
         plan, new_spec = relaunch.plan(spec, recorded, pipelines)
+        # The relaunch's own environment, compared with the original's at verification.
+        new_spec.environment.CopyFrom(launch.environment(getattr(self.ray, "__version__", "")))
+        if code == pb.CODE_SOURCE_CURRENT:
+            del new_spec.code_refs[:]
+            new_spec.code_refs.extend(self.code.record(new_spec.definition, project).refs)
         return self._start(
             ion,
             project,
@@ -364,17 +388,14 @@ class ExecutorService:
         )
 
     def _refuse_drift(self, spec: pb.LaunchSpec, original: str) -> None:
-        """FailedPrecondition when the recorded code or datasets cannot be had as they were."""
-        problems = drift.code_problems(spec.code_refs, self.code_path)
-        reason = "CODE_UNREACHABLE"
-        if not problems:
-            problems = drift.dataset_problems(spec.dataset_refs)
-            reason = "DATASET_CHANGED"
+        """FailedPrecondition when a recorded dataset changed (code needs no such check: the
+        relaunch runs the recorded snapshots)."""
+        problems = drift.dataset_problems(spec.dataset_refs)
         if problems:
             raise errors.FailedPrecondition(
                 f"cannot relaunch {original}: {problems[0]}; pass --allow-drift to run anyway",
                 field="allow_drift",
-                reason=reason,
+                reason="DATASET_CHANGED",
             )
 
     # ----- verification

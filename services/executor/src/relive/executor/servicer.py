@@ -65,6 +65,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             list(request.pipelines),
             request.allow_drift,
             request.request_id,
+            request.code,
         )
 
     def VerifyRun(

@@ -2,13 +2,15 @@
 
 Per node it compares model sha256s, prediction digests, the scored inputs, swap positions,
 approvals, errors and stats (within a relative tolerance). System stats (wall time, CPU,
-memory) differ between any two runs and are left out.
+memory) differ between any two runs and are left out. Beside the nodes it lists what
+differed between the two runs' recorded inputs, and names each mismatched node's likeliest
+cause among them (``inputs`` works those out from the two launch specs).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,18 +157,24 @@ def verify(
     relaunch_events: Sequence[event_pb2.Event],
     tolerance: float,
     original_outputs: dict[str, dict[str, str]] | None = None,
+    differences: Sequence[pb.InputDifference] = (),
+    causes: Mapping[str, str] | None = None,
 ) -> pb.Verification:
+    """Node by node; ``differences`` are the inputs that differ, and ``causes`` the
+    likeliest of them per node, given to each node that does not match."""
     out = pb.Verification(
         original=original,
         relaunch=relaunch,
         tolerance=tolerance,
         status=pb.VERIFICATION_STATUS_MATCH,
+        differences=list(differences),
     )
     for node in nodes:
         nv = compare_node(
             node, original_events, relaunch_events, tolerance, (original_outputs or {}).get(node)
         )
-        out.nodes.append(nv)
         if nv.status != pb.VERIFICATION_STATUS_MATCH:
             out.status = pb.VERIFICATION_STATUS_MISMATCH
+            nv.likely_cause = (causes or {}).get(node, "")
+        out.nodes.append(nv)
     return out

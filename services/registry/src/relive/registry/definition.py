@@ -11,7 +11,7 @@ An ION file is a YAML mapping::
             load: {call: examples.churn.steps:load, params: {dataset: breast_cancer}}
             fit:  {call: examples.churn.steps:fit, after: [load], params: {C: 1.0}}
             # a component in another language: {command: [node, score.js], image: optional}
-            # what its Ray task asks for (optional): {resources: {num_cpus: 2, custom: {gpu_box: 1}}}
+            # its Ray task's needs (optional): resources: {num_cpus: 2, custom: {node2: 1}}
           outputs: {model: fit}  # optional; output name -> the component that makes it
         schedule: {every_launches: 3}      # optional; also every_seconds, every_batches
         streaming: {batches: 20, batch_size: 32, score: score}   # optional; pipelines only
