@@ -72,6 +72,9 @@ class ComponentTask:
     # of the task, its working directory. Empty when its code is not under a code root (an
     # installed package, a system command): then it is the environment's.
     snapshot: str = ""
+    # A command's installed dependencies beside its code (node_modules): their path in the
+    # snapshot -> where they are installed on the worker's machine, linked in before it runs.
+    links: dict[str, str] = field(default_factory=dict)
     trace_id: str = ""
     # The component's span in the run's trace (the explicit carrier across the Ray hop).
     span_id: str = ""
@@ -313,6 +316,20 @@ def _finish(sink: EventSink, own: bool) -> None:
         sink.flush()
 
 
+def _link_dependencies(links: dict[str, str]) -> None:
+    """Links installed dependencies into the working directory (the snapshot), where the
+    command's runtime looks for them; ones not installed on this machine are left out."""
+    for rel, target in links.items():
+        here = os.path.join(os.getcwd(), rel)
+        if os.path.lexists(here) or not os.path.isdir(target):
+            continue
+        os.makedirs(os.path.dirname(here), exist_ok=True)
+        try:
+            os.symlink(target, here, target_is_directory=True)
+        except FileExistsError:  # another worker of the same snapshot linked it first
+            pass
+
+
 def _run_command(
     task: ComponentTask, ctx: RunContext, factory: EventFactory, sink: EventSink
 ) -> Any:
@@ -339,6 +356,8 @@ def _run_command(
     )
     if task.access is not None:
         env.update(task.access.environ())
+    if task.snapshot:
+        _link_dependencies(task.links)
     proc = subprocess.run(
         task.command,
         env=env,

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from relive import errors
@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 # Ships a materialized snapshot to the workers: (snapshot name, directory) -> package URI.
 Ship = Callable[[str, Path], str]
+# Installed dependencies that sit beside a command's code, where its language looks for
+# them from the script's directory upward (Node's ESM imports know no search path). They
+# are environment, not code: snapshots leave them out, and a task links them in.
+DEPENDENCY_DIRS = ("node_modules",)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class ComponentCode:
     snapshot: str = ""  # "codeSnapshots/{sha256}"; "" when not under a code root
     working_dir: str = ""  # the snapshot's Ray package; the task runs in it
     command: tuple[str, ...] = ()  # a command's argv, its script relative to the snapshot
+    # Installed dependencies to link into the snapshot: path in it -> where installed.
+    links: Mapping[str, str] = field(default_factory=dict)
 
     def ray_options(self) -> dict[str, Any]:
         return {"runtime_env": {"working_dir": self.working_dir}} if self.working_dir else {}
@@ -182,8 +188,25 @@ class CodeKeeper:
                 directory = self.materialized(ref.snapshot, project, ref.module)
                 uris[ref.snapshot] = self.ship(ref.snapshot, directory) if self.ship else ""
             out.components[f"{node}.{comp_id}"] = ComponentCode(
-                snapshot=ref.snapshot, working_dir=uris[ref.snapshot], command=command
+                snapshot=ref.snapshot,
+                working_dir=uris[ref.snapshot],
+                command=command,
+                links=self._dependencies(ref) if component.command else {},
             )
+        return out
+
+    def _dependencies(self, ref: registry_pb2.CodeRef) -> dict[str, str]:
+        """The installed dependencies of a command's script: DEPENDENCY_DIRS in its directory
+        and each one above it up to the code root, in the recorded root or on the code path."""
+        script = PurePosixPath(ref.module)
+        roots = [Path(r) for r in (ref.root, *self.code_path) if r]
+        out: dict[str, str] = {}
+        for folder in [*reversed(script.parents)]:
+            for name in DEPENDENCY_DIRS:
+                rel = (folder / name).as_posix()
+                found = next((r / rel for r in roots if (r / rel).is_dir()), None)
+                if found is not None:
+                    out[rel] = str(found)
         return out
 
     def materialized(self, name: str, project: str, module: str = "") -> Path:

@@ -86,6 +86,7 @@ class ComponentRunner:
             registry=env.registry,
             access=env.access,
             snapshot=code.snapshot if code is not None else "",
+            links=dict(code.links) if code is not None else {},
             trace_id=self.trace_id,
             span_id=os.urandom(8).hex(),
             hlc=self.scope.events.clock.now(),
