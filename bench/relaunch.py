@@ -3,7 +3,10 @@ components run directly in one process with nothing recorded.
 
 Prints one JSON object: ``relaunch_s``, ``direct_s``, ``ratio`` (target: <= 1.5) and
 ``startup_s`` (the fixed cost of starting the store, the services and Ray, paid once), plus
-Ray's overhead per component. ``--quick`` runs a smaller ION (under 60 s).
+Ray's overhead per component. ``code_snapshot`` says what recording the code costs a launch
+(inspecting the code tree, storing its snapshot, materializing it and shipping it to Ray):
+the first time, and once the snapshot is stored, also as a share of ``relaunch_s`` (target:
+<= 5%). ``--quick`` runs a smaller ION (under 60 s).
 """
 
 from __future__ import annotations
@@ -120,6 +123,45 @@ def ray_task_overhead_ms(ray: Any, n: int = 200) -> float:
     return statistics.median(samples) * 1000
 
 
+def code_snapshot_cost(
+    service: Any, definition: Any, relaunch_s: float, scratch: Path
+) -> dict[str, Any]:
+    """What recording and shipping the code costs a launch: the first time (a new executor,
+    a project whose registry records lack the snapshot: the tree is hashed, packed, stored,
+    materialized and uploaded to Ray), then with the snapshot stored, as every later launch
+    pays it (the same steps as ``ExecutorService.launch`` and ``_start``)."""
+    from relive.executor.code import CodeKeeper
+    from relive.executor.ray_packages import RayPackages
+
+    code = CodeKeeper(
+        service.registry,
+        service.code.code_path,
+        scratch / "code",
+        service.code.settings,
+        ship=RayPackages(scratch / "code" / "ray").uri,
+    )
+    project = f"bench-{uuid.uuid4().hex[:8]}"
+    t0 = time.perf_counter()
+    first = code.record(definition, project)
+    code.prepare(first.refs, definition, project)
+    first_s = time.perf_counter() - t0
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        again = code.record(definition, project)
+        code.prepare(again.refs, definition, project)
+        samples.append(time.perf_counter() - t0)
+    stored_s = statistics.median(samples)
+    return {
+        "first_s": round(first_s, 3),
+        "stored_s": round(stored_s, 4),
+        "stored_share_of_relaunch": round(stored_s / relaunch_s, 4) if relaunch_s else None,
+        "roots": first.roots,
+        "snapshots_stored_first_time": first.stored,
+        "snapshots_stored_later": again.stored,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smaller run, under 60 s")
@@ -181,7 +223,8 @@ def main() -> None:
             grpc.insecure_channel(f"127.0.0.1:{reg_port}") as rc,
             grpc.insecure_channel(f"127.0.0.1:{exe_port}") as ec,
         ):
-            ion = RegistryClient(rc).register(ion_file).ion.name
+            registration = RegistryClient(rc).register(ion_file)
+            ion = registration.ion.name
             client = ExecutorClient(ec)
             t1 = time.perf_counter()
             original = client.wait(client.launch(ion, seed=seed).name, timeout=600)
@@ -217,6 +260,12 @@ def main() -> None:
             directs.append(d)
         relaunch_s = statistics.median(relaunches)
         direct_s = statistics.median(directs)
+        snapshot = code_snapshot_cost(
+            exe.service,  # type: ignore[attr-defined]
+            registration.revision.definition,
+            relaunch_s,
+            tmp,
+        )
         print(
             json.dumps(
                 {
@@ -237,6 +286,7 @@ def main() -> None:
                     "verification": pb.VerificationStatus.Name(verification.status).removeprefix(
                         "VERIFICATION_STATUS_"
                     ),
+                    "code_snapshot": snapshot,
                     "repeat": repeat,
                     "note": "relaunch_s: RelaunchRun to terminal, through Ray, the recorder and "
                     "the "

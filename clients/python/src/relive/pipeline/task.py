@@ -6,6 +6,7 @@ and logs a pipeline output as a model version when the component returns one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import inspect
@@ -324,10 +325,9 @@ def _link_dependencies(links: dict[str, str]) -> None:
         if os.path.lexists(here) or not os.path.isdir(target):
             continue
         os.makedirs(os.path.dirname(here), exist_ok=True)
-        try:
+        # Another worker of the same snapshot may have linked it first.
+        with contextlib.suppress(FileExistsError):
             os.symlink(target, here, target_is_directory=True)
-        except FileExistsError:  # another worker of the same snapshot linked it first
-            pass
 
 
 def _run_command(
