@@ -98,6 +98,7 @@ class CodeKeeper:
         self.scratch = cache_dir / "archives"
         self.ship = ship
         self._hashes = HashCache()  # files are hashed again only when they change
+        self._stored: set[tuple[str, str]] = set()  # (project, snapshot) the registry has
         self._lock = threading.Lock()
 
     # ----- at launch: what runs, snapshotted
@@ -141,8 +142,12 @@ class CodeKeeper:
         return Recorded([refs[m] for m in sorted(refs)], seconds, len(trees), stored)
 
     def _store(self, tree: Tree, project: str) -> int:
-        """Stores ``tree``'s snapshot unless the project has it; 1 when it was stored."""
+        """Stores ``tree``'s snapshot unless the project has it; 1 when it was stored.
+        Snapshots are never deleted, so one known stored is not asked about again."""
+        if (project, tree.name) in self._stored:
+            return 0
         if self.registry.get_code_snapshot(tree.name, project) is not None:
+            self._stored.add((project, tree.name))
             return 0
         self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.scratch) as tmp:
@@ -153,6 +158,7 @@ class CodeKeeper:
             self.registry.create_code_snapshot(header, archive, project)
             # What runs is what was stored: the tree from this archive, not the live one.
             self.snapshots.materialize(archive, tree.sha256)
+        self._stored.add((project, tree.name))
         return 1
 
     # ----- before a run: each component's snapshot, on the workers

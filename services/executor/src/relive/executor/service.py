@@ -261,11 +261,11 @@ class ExecutorService:
             seed=seed or random.randrange(1, 2**31),
             environment=launch.environment(getattr(self.ray, "__version__", "")),
         )
-        # What the components run now, whatever the revision's refs (what the CLI saw) say.
-        spec.code_refs.extend(self.code.record(revision.definition, project).refs)
         spec.overrides.update(overrides)
         launch.resolve_params(spec, revision.definition, overrides)
         launch.resolve_datasets(spec)
+        # What the components run now, whatever the revision's refs (what the CLI saw) say.
+        spec.code_refs.extend(self.code.record(revision.definition, project).refs)
         spec.launch_number = self.store.next_number(f"launch:{ion}")
         launch.pin_scheduled(spec, lambda: self.store.all_of(ion))
         return self._start(ion, project, spec, RelaunchPlan(), request_key=request_key)
