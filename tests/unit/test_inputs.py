@@ -3,6 +3,7 @@ datasets, environment, params, seed), and the likeliest cause named for each nod
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -178,3 +179,24 @@ def test_verification_carries_the_differences_and_each_mismatchs_cause() -> None
     train, report = v.nodes
     assert train.likely_cause.startswith(f"code of module {STEPS} changed: commit a1b2c3d")
     assert report.status == pb.VERIFICATION_STATUS_MATCH and not report.likely_cause
+
+
+def test_a_commands_installed_dependencies_are_found_where_node_looks(tmp_path: Path) -> None:
+    from relive.executor.code import installed_dependencies
+
+    root = tmp_path / "code"
+    (root / "clients" / "node" / "node_modules").mkdir(parents=True)
+    (root / "node_modules").mkdir()
+    (root / "clients" / "other" / "node_modules").mkdir(parents=True)  # not on the way up
+    script = registry_pb2.CodeRef(module="clients/node/examples/score.js", root=str(root))
+    assert installed_dependencies(script, []) == {
+        "node_modules": str(root / "node_modules"),
+        "clients/node/node_modules": str(root / "clients" / "node" / "node_modules"),
+    }
+    # The recorded root is gone: the code path's copy of the tree is used.
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    assert installed_dependencies(script, [str(moved)])["node_modules"] == str(
+        moved / "node_modules"
+    )
+    assert installed_dependencies(script, []) == {}

@@ -46,6 +46,22 @@ Ship = Callable[[str, Path], str]
 DEPENDENCY_DIRS = ("node_modules",)
 
 
+def installed_dependencies(ref: registry_pb2.CodeRef, code_path: Sequence[str]) -> dict[str, str]:
+    """The installed dependencies of a command's script (``ref``): DEPENDENCY_DIRS in its
+    directory and each one above it up to the code root, found in the recorded root or in
+    a code path entry, as {path in the snapshot: where they are}."""
+    script = PurePosixPath(ref.module)
+    roots = [Path(r) for r in (ref.root, *code_path) if r]
+    out: dict[str, str] = {}
+    for folder in reversed(script.parents):
+        for name in DEPENDENCY_DIRS:
+            rel = (folder / name).as_posix()
+            found = next((r / rel for r in roots if (r / rel).is_dir()), None)
+            if found is not None:
+                out[rel] = str(found)
+    return out
+
+
 @dataclass(frozen=True)
 class ComponentCode:
     """Where one component's code comes from in a run."""
@@ -94,6 +110,7 @@ class CodeKeeper:
         self.registry = registry
         self.code_path = [p for p in code_path if p]
         self.settings = settings or CodeSettings()
+        cache_dir = cache_dir.resolve()  # materializing runs git in the tree: no relative paths
         self.snapshots = SnapshotCache(cache_dir / "trees")
         self.scratch = cache_dir / "archives"
         self.ship = ship
@@ -197,22 +214,8 @@ class CodeKeeper:
                 snapshot=ref.snapshot,
                 working_dir=uris[ref.snapshot],
                 command=command,
-                links=self._dependencies(ref) if component.command else {},
+                links=installed_dependencies(ref, self.code_path) if component.command else {},
             )
-        return out
-
-    def _dependencies(self, ref: registry_pb2.CodeRef) -> dict[str, str]:
-        """The installed dependencies of a command's script: DEPENDENCY_DIRS in its directory
-        and each one above it up to the code root, in the recorded root or on the code path."""
-        script = PurePosixPath(ref.module)
-        roots = [Path(r) for r in (ref.root, *self.code_path) if r]
-        out: dict[str, str] = {}
-        for folder in [*reversed(script.parents)]:
-            for name in DEPENDENCY_DIRS:
-                rel = (folder / name).as_posix()
-                found = next((r / rel for r in roots if (r / rel).is_dir()), None)
-                if found is not None:
-                    out[rel] = str(found)
         return out
 
     def materialized(self, name: str, project: str, module: str = "") -> Path:

@@ -71,7 +71,7 @@ def create_server(config: Config) -> tuple[Server, int]:
     access = config.service_access()
     registry = Registry(config.registry_endpoint, access)
     recorder = Recorder(config.recorder_endpoint, access)
-    code_dir = config.data_dir / "code"
+    code_dir = (config.data_dir / "code").resolve()
     code = CodeKeeper(
         registry,
         config.code_path,
