@@ -116,7 +116,8 @@ def check_header(header: CodeSnapshot) -> CodeSnapshot:
             f"header.files takes {listed} bytes; the limit is {MAX_FILES_BYTES}",
             field="header.files",
         )
-    if header.file_count < 0 or (header.files and header.file_count != len(header.files)):
+    # 0 is proto3's unset: the count of header.files is taken.
+    if header.file_count < 0 or (header.files and header.file_count not in (0, len(header.files))):
         raise InvalidArgument(
             f"header.file_count is {header.file_count}, but header.files lists "
             f"{len(header.files)} files",

@@ -269,6 +269,7 @@ class BlobWriter:
         self.length = 0
         self._n = 0
         self._pending = bytearray()
+        self._closed = False
 
     def write(self, data: bytes) -> None:
         self._pending += data
@@ -294,11 +295,15 @@ class BlobWriter:
                 "filename": self.filename,
             }
         )
+        self._closed = True
         return self.file_id
 
     def abort(self) -> None:
+        """Deletes what was written. The files document exists only once closed (and the
+        embedded store fails a delete of a GridFS files document it does not have)."""
         self._chunks.delete_many({"files_id": self.file_id})
-        self._files.delete_many({"_id": self.file_id})
+        if self._closed:
+            self._files.delete_many({"_id": self.file_id})
 
 
 class RegistryStore:
