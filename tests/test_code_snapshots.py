@@ -178,10 +178,13 @@ def test_a_wrong_archive_sha256_stores_nothing(
     assert stored.counts() == (0, 0, 0)
     with pytest.raises(errors.NotFound):
         client.get_code_snapshot(header.sha256)
-    # An empty archive_sha256 is filled in by the client from the file.
+    # An empty archive_sha256 is filled in by the client from the file, and an unset
+    # file_count by the registry from the files.
     header.archive_sha256 = ""
+    header.file_count = 0
     made = client.create_code_snapshot(header, archive)
     assert made.archive_sha256 == sha(archive.read_bytes())
+    assert made.file_count == len(TREE)
 
 
 def _changed(header: pb.CodeSnapshot, **changes: Any) -> pb.CodeSnapshot:
