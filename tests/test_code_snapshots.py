@@ -296,6 +296,29 @@ def test_missing_and_malformed_names(client: RegistryClient, tmp_path: Path) -> 
         assert e2.value.field == "name"
 
 
+def test_a_revision_keeps_its_code_refs_snapshot_fields(client: RegistryClient) -> None:
+    ref = pb.CodeRef(
+        module="examples.churn.steps",
+        repo="/src/ml",
+        path="examples/churn/steps.py",
+        commit="c" * 40,
+        dirty=True,
+        tree_sha256="d" * 64,
+        snapshot=f"codeSnapshots/{'d' * 64}",
+        root="/src/ml",
+        file_sha256="e" * 64,
+    )
+    text = "name: refs\nnodes:\n  t:\n    pipeline:\n      components:\n"
+    text += "        load: {call: examples.churn.steps:load}\n"
+    client.create_ion("refs", text, code_refs=[ref])
+    assert list(client.get_revision("refs", 1).code_refs) == [ref]
+    with pytest.raises(errors.InvalidArgument) as e:
+        client.create_revision(
+            "refs", text + "# changed\n", code_refs=[pb.CodeRef(root="r" * 5000)]
+        )
+    assert e.value.field == "code_refs[0].root"
+
+
 # ---- projects -------------------------------------------------------------------------------
 
 
