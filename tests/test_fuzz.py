@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import io
+import tarfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -76,6 +78,10 @@ edges:
 """
 
 
+# A code snapshot that exists (its tree hash need only be well formed here).
+FUZZ_CODE = b"def fit(x):\n    return x\n"
+FUZZ_TREE = hashlib.sha256(b"fuzz tree").hexdigest()
+
 # ----------------------------------------------------------------------------- the deployment
 
 
@@ -123,6 +129,20 @@ def _seed(d: Deployment) -> None:
         reg.get_model_version("models/fuzzmodel/versions/1")
     except Exception:
         reg.upload_model("fuzzmodel", b"model bytes " * 100, labels={"k": "v"})
+    archive = d.config.data_dir / "fuzz-code.tar.gz"
+    if not archive.exists():
+        with tarfile.open(archive, "w:gz") as tar:
+            info = tarfile.TarInfo("steps.py")
+            info.size = len(FUZZ_CODE)
+            tar.addfile(info, io.BytesIO(FUZZ_CODE))
+    reg.create_code_snapshot(
+        registry_pb2.CodeSnapshot(
+            sha256=FUZZ_TREE,
+            kind="files",
+            files={"steps.py": hashlib.sha256(FUZZ_CODE).hexdigest()},
+        ),
+        archive,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +187,8 @@ def deployment(
         "models/fuzzmodel/versions/1",
         "models/fuzzmodel/versions/latest",
         "models/nope/versions/1",
+        f"codeSnapshots/{FUZZ_TREE}",
+        f"codeSnapshots/{'0' * 64}",
     ]
     page = stack.recorder.list_events_page("fuzz", page_size=1)
     d.tokens = [page.next_page_token]

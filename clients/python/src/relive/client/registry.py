@@ -1,4 +1,4 @@
-"""A typed client of the registry: IONs, revisions, and model versions.
+"""A typed client of the registry: IONs, revisions, model versions, and code snapshots.
 
 Every call goes through ``relive.client.channel.call``, so it has a deadline and fails with
 the ``relive.errors`` exception tree; the channel retries UNAVAILABLE.
@@ -6,10 +6,12 @@ the ``relive.errors`` exception tree; the channel retries UNAVAILABLE.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +40,19 @@ def ion_name(ion: str) -> str:
 
 def model_name(model: str) -> str:
     return model if model.startswith("models/") else f"models/{model}"
+
+
+def code_snapshot_name(snapshot: str) -> str:
+    """``<sha256>`` or ``codeSnapshots/<sha256>`` -> ``codeSnapshots/<sha256>``."""
+    return snapshot if snapshot.startswith("codeSnapshots/") else f"codeSnapshots/{snapshot}"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -270,6 +285,80 @@ class RegistryClient:
             return list(response.model_versions), response.next_page_token
 
         return _pages(fetch)
+
+    # -------------------------------------------------------------------- code snapshots
+
+    def create_code_snapshot(
+        self,
+        header: pb.CodeSnapshot,
+        archive: Path,
+        *,
+        chunk_size: int = CHUNK_SIZE,
+        timeout: float = TRANSFER_TIMEOUT_S,
+    ) -> pb.CodeSnapshot:
+        """Stores a code snapshot: ``header`` (its ``sha256`` names it), then the archive
+        file in chunks. A tree the project holds already is returned as it was stored.
+        ``header.archive_sha256`` is computed from the file when it is empty."""
+        archive = Path(archive)
+        if not header.archive_sha256:
+            filled = pb.CodeSnapshot()
+            filled.CopyFrom(header)
+            filled.archive_sha256 = file_sha256(archive)
+            header = filled
+        with archive.open("rb") as source:
+
+            def messages() -> Iterator[pb.CreateCodeSnapshotRequest]:
+                yield pb.CreateCodeSnapshotRequest(header=header)
+                while chunk := source.read(chunk_size):
+                    yield pb.CreateCodeSnapshotRequest(chunk=chunk)
+
+            def send(_: None, timeout: float) -> pb.CodeSnapshot:
+                return self._stub.CreateCodeSnapshot(messages(), timeout=timeout)
+
+            return call(send, None, timeout=timeout)
+
+    def get_code_snapshot(self, name: str) -> pb.CodeSnapshot:
+        """A snapshot's metadata; ``name`` is ``codeSnapshots/<sha256>`` (or the sha256)."""
+        request = pb.GetCodeSnapshotRequest(name=code_snapshot_name(name))
+        return call(self._stub.GetCodeSnapshot, request, timeout=self.timeout)
+
+    def download_code_snapshot(
+        self, name: str, out: Path, *, timeout: float = TRANSFER_TIMEOUT_S
+    ) -> pb.CodeSnapshot:
+        """Writes a snapshot's archive to ``out`` and returns its metadata. The bytes go to a
+        temp file beside ``out``, are checked against ``archive_sha256``, and only then take
+        its name: a broken download leaves nothing at ``out`` (OSError when they differ)."""
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        request = pb.DownloadCodeSnapshotRequest(name=code_snapshot_name(name))
+
+        def receive(req: pb.DownloadCodeSnapshotRequest, timeout: float) -> pb.CodeSnapshot:
+            meta: pb.CodeSnapshot | None = None
+            digest = hashlib.sha256()
+            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    for message in self._stub.DownloadCodeSnapshot(req, timeout=timeout):
+                        if message.HasField("code_snapshot"):
+                            meta = message.code_snapshot
+                        else:
+                            digest.update(message.chunk)
+                            f.write(message.chunk)
+                if meta is None:
+                    raise OSError(f"{req.name}: the download carried no metadata")
+                if digest.hexdigest() != meta.archive_sha256:
+                    raise OSError(
+                        f"{req.name}: the downloaded archive does not match its sha256 "
+                        f"{meta.archive_sha256}"
+                    )
+                os.replace(tmp, out)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            return meta
+
+        return call(receive, request, timeout=timeout)
 
 
 # ------------------------------------------------------------------------- code refs

@@ -2,10 +2,10 @@
 
 Layout (DESIGN.md): MANIFEST.json (sha256 and size of every other file), capture.json,
 ion/ (ion.json and the YAML of each revision in force), runs/ (the launch spec of each
-``run.launched`` event in the window), events.jsonl, events.csv, stats.csv, spans.otlp.json,
-and models/ when asked for. Events are written in timeline order. Nothing holds a whole
-capture in memory: events stream from the store into files, the archive is built on disk,
-and it leaves in chunks.
+``run.launched`` event in the window), code/ (the code snapshots those runs ran; see
+export_code), events.jsonl, events.csv, stats.csv, spans.otlp.json, and models/ when asked
+for. Events are written in timeline order. Nothing holds a whole capture in memory: events
+stream from the store into files, the archive is built on disk, and it leaves in chunks.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from relive import errors
 from relive.core import identity
 from relive.core.config import Config
 from relive.core.names import check_id
+from relive.recorder import export_code
 from relive.recorder.registry_link import Registry
 from relive.recorder.service import Capture, RecorderService, ms_to_datetime
 from relive.recorder.v1 import event_pb2
@@ -152,6 +153,14 @@ class _Files:
             return path.open(mode)
         return path.open(mode, encoding="utf-8", newline="")
 
+    def path(self, name: str) -> Path:
+        """Where another writer (a download) puts the file ``name`` of the export."""
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name not in self.names:
+            self.names.append(name)
+        return path
+
     def discard(self, name: str) -> None:
         """Drops a file that could not be written whole."""
         (self.root / name).unlink(missing_ok=True)
@@ -207,11 +216,15 @@ class Exporter:
                 yield (written, total, "events")
             yield (written, total, "ion")
             self._write_ion(cap, files)
+            code: list[str] = []
+            if self._snapshots:
+                yield (written, total, "code")
+                code = export_code.write_snapshots(self._snapshots, self.registry, files, name)
             models = sorted(self._models)
             if include_models and models:
                 yield (written, total, "models")
                 self._write_models(models, files)
-            files.write_json("capture.json", self._capture_json(cap, written, models))
+            files.write_json("capture.json", self._capture_json(cap, written, models, code))
             manifest = files.manifest()
             (work / "files" / "MANIFEST.json").write_text(
                 json.dumps(manifest, indent=2, sort_keys=True) + "\n"
@@ -228,7 +241,9 @@ class Exporter:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _capture_json(self, cap: Capture, count: int, models: list[str]) -> dict[str, Any]:
+    def _capture_json(
+        self, cap: Capture, count: int, models: list[str], code: list[str]
+    ) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "name": cap.name,
@@ -244,11 +259,14 @@ class Exporter:
             "imported_from": cap.imported_from,
             "event_count": count,
             "model_versions": models,
+            "code_snapshots": code,
         }
 
     def _write_events(self, cap: Capture, files: _Files) -> Iterator[int]:
         """Writes events.jsonl, events.csv, stats.csv, spans.otlp.json and runs/."""
         self._models: set[str] = set()
+        # The code snapshots the window's runs ran, each with a run that ran it.
+        self._snapshots: dict[str, str] = {}
         flt = self.service.capture_filter(cap)
         span_files: dict[str, IO[Any]] = {}
         span_dir = files.root.parent / "spans"
@@ -327,6 +345,8 @@ class Exporter:
             else {}
         )
         files.write_json(f"runs/{run_id}.json", {"run": e.run, "spec": spec, "event": d})
+        for snapshot in export_code.snapshots_of_launch(spec):
+            self._snapshots.setdefault(snapshot, e.run or f"at sequence {e.sequence}")
 
     def _write_spans(self, span_files: dict[str, IO[Any]], span_dir: Path, files: _Files) -> None:
         with files.open("spans.otlp.json") as out:
@@ -415,6 +435,9 @@ class Exporter:
                 raise errors.AlreadyExists(
                     f"ION {parent} already has a capture named {target!r}", field="capture_id"
                 )
+            # The code first: a relaunch of the imported runs needs it, and a snapshot this
+            # registry refuses stops the import before anything of the capture is written.
+            export_code.restore_snapshots(root, self._listed(root), self.registry)
             self._restore_ion(ion, root)
             imported = present = 0
             batch: list[event_pb2.Event] = []
@@ -514,6 +537,11 @@ class Exporter:
                 raise errors.InvalidArgument(
                     f"{name} does not match its sha256 in MANIFEST.json", field="chunk"
                 )
+
+    @staticmethod
+    def _listed(root: Path) -> set[str]:
+        """The files MANIFEST.json lists (``_verify`` checked them)."""
+        return set(json.loads((root / "MANIFEST.json").read_text())["files"])
 
     def _check_ion_is_ours(self, ion: str) -> None:
         """An import creates the ION when it is missing, so another project's ION is taken

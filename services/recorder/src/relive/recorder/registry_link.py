@@ -1,6 +1,8 @@
-"""What the recorder asks the registry: does an ION exist, its project, retention, revisions.
+"""What the recorder asks the registry: does an ION exist, its project, retention, revisions,
+and, for an export, the models and code snapshots its events name.
 
-The recorder never writes registry data except when an import recreates exported revisions.
+The recorder never writes registry data except when an import recreates exported revisions
+and code snapshots.
 With auth on it calls with the service token (RELIVE_SERVICE_TOKEN), which sees every
 project; the recorder itself decides what its caller may see.
 """
@@ -16,7 +18,7 @@ from relive.client.channel import Access
 from relive.client.registry import RegistryClient
 from relive.core import identity
 from relive.core.calls import calling
-from relive.errors import NotFound
+from relive.errors import FailedPrecondition, NotFound, ResourceExhausted
 from relive.registry.v1 import registry_pb2
 
 TIMEOUT_S = 10.0
@@ -35,6 +37,10 @@ class Registry(Protocol):
     def restore_revisions(self, ion: str, yamls: list[tuple[str, str]]) -> int: ...
 
     def download_model(self, name: str, out: IO[bytes]) -> dict[str, Any]: ...
+
+    def download_code_snapshot(self, name: str, out: Path) -> dict[str, Any]: ...
+
+    def restore_code_snapshot(self, header: registry_pb2.CodeSnapshot, archive: Path) -> str: ...
 
 
 class RegistryLink:
@@ -119,3 +125,24 @@ class RegistryLink:
         with calling("registry", f"cannot download {name}"):
             version = client.download_model(name, out, timeout=DOWNLOAD_TIMEOUT_S, verify=False)
         return json_format.MessageToDict(version, preserving_proto_field_name=True)
+
+    def download_code_snapshot(self, name: str, out: Path) -> dict[str, Any]:
+        """Writes a code snapshot's archive to ``out`` (whole or not at all); returns its
+        metadata as JSON. Only the caller's snapshots: an event may name any."""
+        client = self._client.for_project(identity.current().scope)
+        with calling("registry", f"cannot download {name}"):
+            snapshot = client.download_code_snapshot(name, out, timeout=DOWNLOAD_TIMEOUT_S)
+        return json_format.MessageToDict(snapshot, preserving_proto_field_name=True)
+
+    def restore_code_snapshot(self, header: registry_pb2.CodeSnapshot, archive: Path) -> str:
+        """Stores an exported code snapshot for the caller's project (once: a tree it holds
+        already is left as it is); returns its name."""
+        client = self._client.for_project(identity.current().project)
+        what = f"cannot store code snapshot codeSnapshots/{header.sha256}"
+        with calling("registry", what):
+            try:
+                stored = client.create_code_snapshot(header, archive, timeout=DOWNLOAD_TIMEOUT_S)
+            except ResourceExhausted as e:
+                # Over this registry's size limit: the caller's package, not a failed call.
+                raise FailedPrecondition(e.message, field=e.field, metadata=e.metadata) from e
+        return stored.name

@@ -16,6 +16,11 @@ class CodeRef:
     path: str = ""
     commit: str = ""
     dirty: bool = False
+    # Set by the executor at launch (the proto's CodeRef says what each one is).
+    tree_sha256: str = ""
+    snapshot: str = ""
+    root: str = ""
+    file_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,36 @@ class ModelVersion:
     @property
     def name(self) -> str:
         return f"models/{self.model_id}/versions/{self.version_id}"
+
+
+@dataclass(frozen=True)
+class CodeSnapshot:
+    """The files of a code tree, named by their content hash; the archive is opaque here.
+
+    As an upload's header, the fields the registry sets (``archive_bytes``, ``project``,
+    ``create_time``) are ignored, as the proto's output-only fields are.
+    """
+
+    sha256: str
+    kind: str
+    archive_sha256: str
+    file_count: int = 0
+    tree_bytes: int = 0
+    # sha256 of every file, by path relative to the code root.
+    files: dict[str, str] = field(default_factory=dict)
+    repo: str = ""
+    commit: str = ""
+    dirty: bool = False
+    repo_path: str = ""
+    archive_bytes: int = 0
+    # The project of whoever stored it: each project keeps its own record of a tree (the
+    # archive's bytes are stored once, whichever projects hold it).
+    project: str = "default"
+    create_time: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return f"codeSnapshots/{self.sha256}"
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,16 @@ def _code_refs(refs: Sequence[CodeRef]) -> list[CodeRef]:
     if len(refs) > MAX_CODE_REFS:
         raise InvalidArgument(f"at most {MAX_CODE_REFS} code_refs", field="code_refs")
     for i, ref in enumerate(refs):
-        for attr in ("module", "repo", "path", "commit"):
+        for attr in (
+            "module",
+            "repo",
+            "path",
+            "commit",
+            "tree_sha256",
+            "snapshot",
+            "root",
+            "file_sha256",
+        ):
             _bounded(getattr(ref, attr), f"code_refs[{i}].{attr}")
     return list(refs)
 
@@ -311,7 +320,7 @@ class RegistryService:
 
         digest = hashlib.sha256()
         size = 0
-        upload = self.store.open_upload(model_id)
+        upload = self.store.open_upload(f"models/{model_id}")
         try:
             for chunk in chunks:
                 digest.update(chunk)

@@ -14,6 +14,7 @@ from relive.errors import InvalidArgument
 from relive.registry.definition import resources_to_pb
 from relive.registry.model import (
     CodeRef,
+    CodeSnapshot,
     DatasetRef,
     Ion,
     Lineage,
@@ -21,6 +22,7 @@ from relive.registry.model import (
     Revision,
 )
 from relive.registry.service import RegistryService
+from relive.registry.snapshots import CodeSnapshotService
 from relive.registry.v1 import registry_pb2 as pb
 from relive.registry.v1 import registry_pb2_grpc
 
@@ -85,15 +87,69 @@ def definition_to_pb(d: dict[str, Any]) -> pb.IonDefinition:
 
 def code_ref_to_pb(ref: CodeRef) -> pb.CodeRef:
     return pb.CodeRef(
-        module=ref.module, repo=ref.repo, path=ref.path, commit=ref.commit, dirty=ref.dirty
+        module=ref.module,
+        repo=ref.repo,
+        path=ref.path,
+        commit=ref.commit,
+        dirty=ref.dirty,
+        tree_sha256=ref.tree_sha256,
+        snapshot=ref.snapshot,
+        root=ref.root,
+        file_sha256=ref.file_sha256,
     )
 
 
 def code_refs_from_pb(refs: Any) -> list[CodeRef]:
     return [
-        CodeRef(module=r.module, repo=r.repo, path=r.path, commit=r.commit, dirty=r.dirty)
+        CodeRef(
+            module=r.module,
+            repo=r.repo,
+            path=r.path,
+            commit=r.commit,
+            dirty=r.dirty,
+            tree_sha256=r.tree_sha256,
+            snapshot=r.snapshot,
+            root=r.root,
+            file_sha256=r.file_sha256,
+        )
         for r in refs
     ]
+
+
+def code_snapshot_to_pb(snap: CodeSnapshot) -> pb.CodeSnapshot:
+    out = pb.CodeSnapshot(
+        name=snap.name,
+        sha256=snap.sha256,
+        kind=snap.kind,
+        archive_bytes=snap.archive_bytes,
+        archive_sha256=snap.archive_sha256,
+        file_count=snap.file_count,
+        tree_bytes=snap.tree_bytes,
+        files=snap.files,
+        repo=snap.repo,
+        commit=snap.commit,
+        dirty=snap.dirty,
+        repo_path=snap.repo_path,
+    )
+    if snap.create_time is not None:
+        out.create_time.CopyFrom(_ts(snap.create_time))
+    return out
+
+
+def code_snapshot_from_pb(header: pb.CodeSnapshot) -> CodeSnapshot:
+    """An upload's header; its output-only fields are left out."""
+    return CodeSnapshot(
+        sha256=header.sha256,
+        kind=header.kind,
+        archive_sha256=header.archive_sha256,
+        file_count=header.file_count,
+        tree_bytes=header.tree_bytes,
+        files=dict(header.files),
+        repo=header.repo,
+        commit=header.commit,
+        dirty=header.dirty,
+        repo_path=header.repo_path,
+    )
 
 
 def revision_to_pb(rev: Revision) -> pb.Revision:
@@ -138,8 +194,9 @@ def lineage_from_pb(mv: pb.ModelVersion) -> Lineage:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, service: RegistryService) -> None:
+    def __init__(self, service: RegistryService, snapshots: CodeSnapshotService) -> None:
         self.service = service
+        self.snapshots = snapshots
 
     def CreateIon(self, request: pb.CreateIonRequest, context: grpc.ServicerContext) -> pb.Ion:
         ion = self.service.create_ion(
@@ -242,3 +299,36 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         yield pb.DownloadModelVersionResponse(model_version=model_version_to_pb(mv))
         for chunk in chunks:
             yield pb.DownloadModelVersionResponse(chunk=chunk)
+
+    def CreateCodeSnapshot(
+        self,
+        request_iterator: Iterator[pb.CreateCodeSnapshotRequest],
+        context: grpc.ServicerContext,
+    ) -> pb.CodeSnapshot:
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgument("the first message must be the header", field="header")
+
+        def chunks() -> Iterator[bytes]:
+            for message in request_iterator:
+                if message.HasField("header"):
+                    raise InvalidArgument("the header was sent twice", field="header")
+                yield message.chunk
+
+        snap = self.snapshots.create(
+            code_snapshot_from_pb(first.header), chunks(), name=first.header.name
+        )
+        return code_snapshot_to_pb(snap)
+
+    def GetCodeSnapshot(
+        self, request: pb.GetCodeSnapshotRequest, context: grpc.ServicerContext
+    ) -> pb.CodeSnapshot:
+        return code_snapshot_to_pb(self.snapshots.get(request.name))
+
+    def DownloadCodeSnapshot(
+        self, request: pb.DownloadCodeSnapshotRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadCodeSnapshotResponse]:
+        snap, chunks = self.snapshots.download(request.name)
+        yield pb.DownloadCodeSnapshotResponse(code_snapshot=code_snapshot_to_pb(snap))
+        for chunk in chunks:
+            yield pb.DownloadCodeSnapshotResponse(chunk=chunk)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,8 @@ import gridfs
 import mongoengine
 from bson import Binary, ObjectId
 from mongoengine import (
+    BinaryField,
+    BooleanField,
     DictField,
     Document,
     IntField,
@@ -31,6 +34,7 @@ from pymongo.errors import DuplicateKeyError
 from relive.errors import AlreadyExists
 from relive.registry.model import (
     CodeRef,
+    CodeSnapshot,
     DatasetRef,
     Ion,
     Lineage,
@@ -39,6 +43,8 @@ from relive.registry.model import (
 )
 
 ALIAS = "registry"
+# One GridFS bucket holds every blob (model bytes and code archives), addressed by sha256
+# through BlobDoc; its name predates code snapshots.
 BUCKET = "models"
 GRIDFS_CHUNK = 1024 * 1024
 
@@ -57,6 +63,10 @@ def revision_key(ion_id: str, revision_id: int) -> str:
 
 def version_key(model_id: str, version_id: int) -> str:
     return f"{model_id}:{version_id:010d}"
+
+
+def snapshot_key(project: str, sha256: str) -> str:
+    return f"{project}:{sha256}"
 
 
 class IonDoc(Document):
@@ -162,6 +172,51 @@ class ModelVersionDoc(Document):
         )
 
 
+class CodeSnapshotDoc(Document):
+    """One project's record of a code tree; its archive is a blob, by the archive's sha256."""
+
+    meta = {
+        "db_alias": ALIAS,
+        "collection": "code_snapshots",
+        "indexes": [{"fields": ["key"], "unique": True}, "sha256"],
+    }
+    # "<project>:<tree sha256>": a single-field key, which the embedded store can use.
+    key = StringField(required=True)
+    sha256 = StringField(required=True)
+    project = StringField(required=True)
+    kind = StringField(required=True)
+    archive_sha256 = StringField(required=True)
+    archive_bytes = LongField(required=True)
+    file_count = IntField(default=0)
+    tree_bytes = LongField(default=0)
+    # The files map as zlib-compressed JSON: paths may hold "." or "$", which MongoDB refuses
+    # in keys, and an opaque binary field costs the embedded store next to nothing.
+    files_z = BinaryField()
+    repo = StringField(default="")
+    commit = StringField(default="")
+    dirty = BooleanField(default=False)
+    repo_path = StringField(default="")
+    create_ms = LongField()
+
+    def to_domain(self) -> CodeSnapshot:
+        files = json.loads(zlib.decompress(self.files_z)) if self.files_z else {}
+        return CodeSnapshot(
+            sha256=self.sha256,
+            kind=self.kind,
+            archive_sha256=self.archive_sha256,
+            file_count=self.file_count,
+            tree_bytes=self.tree_bytes,
+            files=files,
+            repo=self.repo,
+            commit=self.commit,
+            dirty=self.dirty,
+            repo_path=self.repo_path,
+            archive_bytes=self.archive_bytes,
+            project=self.project,
+            create_time=_time(self.create_ms),
+        )
+
+
 class BlobDoc(Document):
     """One GridFS file per distinct sha256."""
 
@@ -214,6 +269,7 @@ class BlobWriter:
         self.length = 0
         self._n = 0
         self._pending = bytearray()
+        self._closed = False
 
     def write(self, data: bytes) -> None:
         self._pending += data
@@ -239,11 +295,15 @@ class BlobWriter:
                 "filename": self.filename,
             }
         )
+        self._closed = True
         return self.file_id
 
     def abort(self) -> None:
+        """Deletes what was written. The files document exists only once closed (and the
+        embedded store fails a delete of a GridFS files document it does not have)."""
         self._chunks.delete_many({"files_id": self.file_id})
-        self._files.delete_many({"_id": self.file_id})
+        if self._closed:
+            self._files.delete_many({"_id": self.file_id})
 
 
 class RegistryStore:
@@ -255,6 +315,7 @@ class RegistryStore:
             IonTombstoneDoc,
             RevisionDoc,
             ModelVersionDoc,
+            CodeSnapshotDoc,
             BlobDoc,
             RequestDoc,
             CounterDoc,
@@ -403,8 +464,9 @@ class RegistryStore:
 
     # -------------------------------------------------------------------- model versions
 
-    def open_upload(self, model_id: str) -> BlobWriter:
-        return BlobWriter(self._db(), f"models/{model_id}")
+    def open_upload(self, filename: str) -> BlobWriter:
+        """A GridFS file being written; ``filename`` says what it holds ("models/m")."""
+        return BlobWriter(self._db(), filename)
 
     def keep_blob(self, sha256: str, file_id: ObjectId, size_bytes: int) -> ObjectId:
         """Stores the bytes once per sha256: a duplicate upload is deleted in favour of the
@@ -498,3 +560,41 @@ class RegistryStore:
                 del pending[:chunk_size]
         if pending:
             yield bytes(pending)
+
+    # -------------------------------------------------------------------- code snapshots
+
+    def insert_code_snapshot(self, snap: CodeSnapshot) -> CodeSnapshot:
+        """Records a project's snapshot; when that project has it already (a concurrent
+        upload of the same tree), returns the one stored first."""
+        assert snap.create_time is not None
+        files = json.dumps(snap.files, sort_keys=True, separators=(",", ":")).encode()
+        try:
+            CodeSnapshotDoc(
+                key=snapshot_key(snap.project, snap.sha256),
+                sha256=snap.sha256,
+                project=snap.project,
+                kind=snap.kind,
+                archive_sha256=snap.archive_sha256,
+                archive_bytes=snap.archive_bytes,
+                file_count=snap.file_count,
+                tree_bytes=snap.tree_bytes,
+                files_z=zlib.compress(files, 6),
+                repo=snap.repo,
+                commit=snap.commit,
+                dirty=snap.dirty,
+                repo_path=snap.repo_path,
+                create_ms=_ms(snap.create_time),
+            ).save(force_insert=True)
+        except mongoengine.NotUniqueError:
+            found = self.get_code_snapshot(snap.sha256, snap.project)
+            assert found is not None
+            return found
+        return snap
+
+    def get_code_snapshot(self, sha256: str, project: str | None) -> CodeSnapshot | None:
+        """``project``'s snapshot of the tree ``sha256``; any project's when None."""
+        if project is None:
+            doc = CodeSnapshotDoc.objects(sha256=sha256).first()
+        else:
+            doc = CodeSnapshotDoc.objects(key=snapshot_key(project, sha256)).first()
+        return doc.to_domain() if doc else None

@@ -81,12 +81,20 @@ class _VerificationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ve
     VERIFICATION_STATUS_UNSPECIFIED: _VerificationStatus.ValueType  # 0
     VERIFICATION_STATUS_MATCH: _VerificationStatus.ValueType  # 1
     VERIFICATION_STATUS_MISMATCH: _VerificationStatus.ValueType  # 2
+    VERIFICATION_STATUS_NOT_COMPARED: _VerificationStatus.ValueType  # 3
+    """Nothing was compared: the node recorded nothing comparable (a verification never says
+    MATCH about nothing).
+    """
 
 class VerificationStatus(_VerificationStatus, metaclass=_VerificationStatusEnumTypeWrapper): ...
 
 VERIFICATION_STATUS_UNSPECIFIED: VerificationStatus.ValueType  # 0
 VERIFICATION_STATUS_MATCH: VerificationStatus.ValueType  # 1
 VERIFICATION_STATUS_MISMATCH: VerificationStatus.ValueType  # 2
+VERIFICATION_STATUS_NOT_COMPARED: VerificationStatus.ValueType  # 3
+"""Nothing was compared: the node recorded nothing comparable (a verification never says
+MATCH about nothing).
+"""
 Global___VerificationStatus: _TypeAlias = VerificationStatus  # noqa: Y015
 
 @_typing.final

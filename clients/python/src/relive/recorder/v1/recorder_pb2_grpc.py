@@ -111,6 +111,21 @@ class RecorderServiceStub:
                 request_serializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.RunRetentionRequest.SerializeToString,
                 response_deserializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.RunRetentionResponse.FromString,
                 _registered_method=True)
+        self.CreateRecordedInput = channel.stream_unary(
+                '/relive.recorder.v1.RecorderService/CreateRecordedInput',
+                request_serializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.CreateRecordedInputRequest.SerializeToString,
+                response_deserializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.RecordedInput.FromString,
+                _registered_method=True)
+        self.GetRecordedInput = channel.unary_unary(
+                '/relive.recorder.v1.RecorderService/GetRecordedInput',
+                request_serializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.GetRecordedInputRequest.SerializeToString,
+                response_deserializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.RecordedInput.FromString,
+                _registered_method=True)
+        self.DownloadRecordedInput = channel.unary_stream(
+                '/relive.recorder.v1.RecorderService/DownloadRecordedInput',
+                request_serializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.DownloadRecordedInputRequest.SerializeToString,
+                response_deserializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.DownloadRecordedInputResponse.FromString,
+                _registered_method=True)
 
 
 class RecorderServiceServicer:
@@ -224,6 +239,29 @@ class RecorderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRecordedInput(self, request_iterator, context):
+        """Stores what the world gave a run (a live batch, a recorded call's result, a dataset
+        snapshot), once per content hash per ION: header, then the bytes in chunks. For an
+        input already stored, a header alone records one more use and returns it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecordedInput(self, request, context):
+        """A recorded input's metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadRecordedInput(self, request, context):
+        """A recorded input's metadata, then its bytes in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecorderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -301,6 +339,21 @@ def add_RecorderServiceServicer_to_server(servicer, server):
                     servicer.RunRetention,
                     request_deserializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.RunRetentionRequest.FromString,
                     response_serializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.RunRetentionResponse.SerializeToString,
+            ),
+            'CreateRecordedInput': grpc.stream_unary_rpc_method_handler(
+                    servicer.CreateRecordedInput,
+                    request_deserializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.CreateRecordedInputRequest.FromString,
+                    response_serializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.RecordedInput.SerializeToString,
+            ),
+            'GetRecordedInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecordedInput,
+                    request_deserializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.GetRecordedInputRequest.FromString,
+                    response_serializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.RecordedInput.SerializeToString,
+            ),
+            'DownloadRecordedInput': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadRecordedInput,
+                    request_deserializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.DownloadRecordedInputRequest.FromString,
+                    response_serializer=relive_dot_recorder_dot_v1_dot_recorder__pb2.DownloadRecordedInputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -709,6 +762,87 @@ class RecorderService:
             '/relive.recorder.v1.RecorderService/RunRetention',
             relive_dot_recorder_dot_v1_dot_recorder__pb2.RunRetentionRequest.SerializeToString,
             relive_dot_recorder_dot_v1_dot_recorder__pb2.RunRetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRecordedInput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/relive.recorder.v1.RecorderService/CreateRecordedInput',
+            relive_dot_recorder_dot_v1_dot_recorder__pb2.CreateRecordedInputRequest.SerializeToString,
+            relive_dot_recorder_dot_v1_dot_recorder__pb2.RecordedInput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecordedInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relive.recorder.v1.RecorderService/GetRecordedInput',
+            relive_dot_recorder_dot_v1_dot_recorder__pb2.GetRecordedInputRequest.SerializeToString,
+            relive_dot_recorder_dot_v1_dot_recorder__pb2.RecordedInput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadRecordedInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/relive.recorder.v1.RecorderService/DownloadRecordedInput',
+            relive_dot_recorder_dot_v1_dot_recorder__pb2.DownloadRecordedInputRequest.SerializeToString,
+            relive_dot_recorder_dot_v1_dot_recorder__pb2.DownloadRecordedInputResponse.FromString,
             options,
             channel_credentials,
             insecure,

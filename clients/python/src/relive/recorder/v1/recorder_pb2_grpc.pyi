@@ -68,6 +68,15 @@ class RecorderServiceStub:
     UpdateRetentionPolicy: _grpc.UnaryUnaryMultiCallable[_recorder_pb2.UpdateRetentionPolicyRequest, _recorder_pb2.RetentionPolicy]
     RunRetention: _grpc.UnaryUnaryMultiCallable[_recorder_pb2.RunRetentionRequest, _recorder_pb2.RunRetentionResponse]
     """Runs one retention sweep of an ION now."""
+    CreateRecordedInput: _grpc.StreamUnaryMultiCallable[_recorder_pb2.CreateRecordedInputRequest, _recorder_pb2.RecordedInput]
+    """Stores what the world gave a run (a live batch, a recorded call's result, a dataset
+    snapshot), once per content hash per ION: header, then the bytes in chunks. For an
+    input already stored, a header alone records one more use and returns it.
+    """
+    GetRecordedInput: _grpc.UnaryUnaryMultiCallable[_recorder_pb2.GetRecordedInputRequest, _recorder_pb2.RecordedInput]
+    """A recorded input's metadata."""
+    DownloadRecordedInput: _grpc.UnaryStreamMultiCallable[_recorder_pb2.DownloadRecordedInputRequest, _recorder_pb2.DownloadRecordedInputResponse]
+    """A recorded input's metadata, then its bytes in chunks."""
 
 @_typing.type_check_only
 class RecorderServiceAsyncStub(RecorderServiceStub):
@@ -108,6 +117,15 @@ class RecorderServiceAsyncStub(RecorderServiceStub):
     UpdateRetentionPolicy: _aio.UnaryUnaryMultiCallable[_recorder_pb2.UpdateRetentionPolicyRequest, _recorder_pb2.RetentionPolicy]  # type: ignore[assignment]
     RunRetention: _aio.UnaryUnaryMultiCallable[_recorder_pb2.RunRetentionRequest, _recorder_pb2.RunRetentionResponse]  # type: ignore[assignment]
     """Runs one retention sweep of an ION now."""
+    CreateRecordedInput: _aio.StreamUnaryMultiCallable[_recorder_pb2.CreateRecordedInputRequest, _recorder_pb2.RecordedInput]  # type: ignore[assignment]
+    """Stores what the world gave a run (a live batch, a recorded call's result, a dataset
+    snapshot), once per content hash per ION: header, then the bytes in chunks. For an
+    input already stored, a header alone records one more use and returns it.
+    """
+    GetRecordedInput: _aio.UnaryUnaryMultiCallable[_recorder_pb2.GetRecordedInputRequest, _recorder_pb2.RecordedInput]  # type: ignore[assignment]
+    """A recorded input's metadata."""
+    DownloadRecordedInput: _aio.UnaryStreamMultiCallable[_recorder_pb2.DownloadRecordedInputRequest, _recorder_pb2.DownloadRecordedInputResponse]  # type: ignore[assignment]
+    """A recorded input's metadata, then its bytes in chunks."""
 
 class RecorderServiceServicer(metaclass=_abc_1.ABCMeta):
     """Records events into the ordered timeline and serves them back."""
@@ -235,5 +253,32 @@ class RecorderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_recorder_pb2.RunRetentionResponse, _abc.Awaitable[_recorder_pb2.RunRetentionResponse]]:
         """Runs one retention sweep of an ION now."""
+
+    @_abc_1.abstractmethod
+    def CreateRecordedInput(
+        self,
+        request_iterator: _MaybeAsyncIterator[_recorder_pb2.CreateRecordedInputRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_recorder_pb2.RecordedInput, _abc.Awaitable[_recorder_pb2.RecordedInput]]:
+        """Stores what the world gave a run (a live batch, a recorded call's result, a dataset
+        snapshot), once per content hash per ION: header, then the bytes in chunks. For an
+        input already stored, a header alone records one more use and returns it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRecordedInput(
+        self,
+        request: _recorder_pb2.GetRecordedInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recorder_pb2.RecordedInput, _abc.Awaitable[_recorder_pb2.RecordedInput]]:
+        """A recorded input's metadata."""
+
+    @_abc_1.abstractmethod
+    def DownloadRecordedInput(
+        self,
+        request: _recorder_pb2.DownloadRecordedInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_recorder_pb2.DownloadRecordedInputResponse], _abc.AsyncIterator[_recorder_pb2.DownloadRecordedInputResponse]]:
+        """A recorded input's metadata, then its bytes in chunks."""
 
 def add_RecorderServiceServicer_to_server(servicer: RecorderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

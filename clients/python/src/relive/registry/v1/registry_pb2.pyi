@@ -324,10 +324,13 @@ class Component(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
     call: _builtins.str
     """"package.module:function", for Python components."""
     image: _builtins.str
     """Optional container image for command components."""
+    timeout_s: _builtins.float
+    """Seconds the component may run before it is stopped and fails; 0 means no limit."""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """argv of a subprocess, for components in any language."""
@@ -353,10 +356,11 @@ class Component(_message.Message):
         params: _struct_pb2.Struct | None = ...,
         image: _builtins.str = ...,
         resources: Global___Resources | None = ...,
+        timeout_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "call", b"call", "command", b"command", "image", b"image", "params", b"params", "resources", b"resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "call", b"call", "command", b"command", "image", b"image", "params", b"params", "resources", b"resources", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -481,25 +485,58 @@ class Streaming(_message.Message):
     BATCHES_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     batches: _builtins.int
-    """Number of batches the seeded source yields."""
+    """At most this many batches are scored; 0 means until the source ends."""
     batch_size: _builtins.int
+    """Rows per batch, for sources that take a size."""
     score: _builtins.str
     """Component of the pipeline that scores one batch."""
+    @_builtins.property
+    def source(self) -> Global___Source:
+        """Where the batches come from; unset means the seeded resampler of the score's dataset."""
+
     def __init__(
         self,
         *,
         batches: _builtins.int = ...,
         batch_size: _builtins.int = ...,
         score: _builtins.str = ...,
+        source: Global___Source | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batches", b"batches", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "batches", b"batches", "score", b"score", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Streaming: _TypeAlias = Streaming  # noqa: Y015
+
+@_typing.final
+class Source(_message.Message):
+    """A live source: a generator of the run context that yields batches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """"package.module:function"; the built-in sources live in relive.sources."""
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        params: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "params", b"params"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Source: _TypeAlias = Source  # noqa: Y015
 
 @_typing.final
 class Edge(_message.Message):
@@ -1041,11 +1078,17 @@ class ModelVersionHeader(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     EXPECTED_SHA256_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESTORE_VERSION_ID_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """"models/{model}"."""
     expected_sha256: _builtins.str
     """Optional sha256 the client computed; the upload fails if the bytes differ."""
     request_id: _builtins.str
+    restore_version_id: _builtins.int
+    """Set by an import: store the version under this id (the exporting deployment's), so
+    the names its events and launch specs recorded resolve here too. The same id with the
+    same bytes returns the stored version; with other bytes it is ALREADY_EXISTS.
+    """
     @_builtins.property
     def model_version(self) -> Global___ModelVersion:
         """Lineage and labels; output-only fields are ignored."""
@@ -1057,10 +1100,11 @@ class ModelVersionHeader(_message.Message):
         model_version: Global___ModelVersion | None = ...,
         expected_sha256: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        restore_version_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_sha256", b"expected_sha256", "model_version", b"model_version", "parent", b"parent", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_sha256", b"expected_sha256", "model_version", b"model_version", "parent", b"parent", "request_id", b"request_id", "restore_version_id", b"restore_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
