@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from relive.core.config import Config
 from relive.executor.v1 import executor_pb2 as pb
 from relive.executor.v1 import executor_pb2_grpc
 from relive.pipeline.events import EventFactory
-from tests.executor_fixtures import InProcessStack, ray_session, start_stack  # noqa: F401
+from tests.executor_fixtures import InProcessStack, ray_session, since, start_stack  # noqa: F401
 
 MODULE = "mlcode.steps"
 STEPS = """\
@@ -417,3 +418,44 @@ def test_components_never_see_the_live_code_path(
     assert stat(s, ion, run.name, "live_root_on_path") == [0.0]
     assert stat(s, ion, run.name, "from_working_dir") == [1.0]
     assert os.path.realpath(str(repo)) not in sys.path  # nor in this process
+
+
+def export_a_run(s: InProcessStack, tmp_path: Path) -> tuple[str, pb.Run, Path]:
+    window = since()
+    ion = register(s, tmp_path, "travels")
+    original = finished(s, s.executor.launch(ion, seed=21))
+    export = tmp_path / "capture.tar.gz"
+    s.recorder.export_capture(s.capture(ion, window), export, include_models=True)
+    return ion, original, export
+
+
+def relaunch_the_import(
+    other: InProcessStack, ion: str, original: pb.Run, export: Path, code: Path | None = None
+) -> None:
+    """Imports the capture, removes ``code``, relaunches from the capture and verifies."""
+    imported = other.recorder.import_capture(export).capture
+    if code is not None:
+        shutil.rmtree(code)
+    again = finished(other, other.executor.relaunch(capture=imported.name))
+    assert again.relaunch_of == original.name
+    assert list(again.spec.code_refs) == list(original.spec.code_refs)
+    assert stat(other, ion, again.name, "version") == [1]
+    verdict = other.executor.verify(original.name, again.name)
+    assert verdict.status == MATCH, [(n.node, n.reason) for n in verdict.nodes]
+
+
+def test_an_imported_capture_relaunches_from_its_snapshots_once_the_code_is_gone(
+    code_stack: InProcessStack, repo: Path, tmp_path: Path, config: Config
+) -> None:
+    """The other deployment's registry checks the restored revision against a copy of the
+    code; the copy is gone before the relaunch, which runs the imported snapshot."""
+    ion, original, export = export_a_run(code_stack, tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy)
+    shutil.rmtree(repo)
+    far = config.with_(db_prefix=f"t{uuid.uuid4().hex[:12]}", data_dir=tmp_path / "far")
+    servers, other = start(far, copy)
+    try:
+        relaunch_the_import(other, ion, original, export, code=copy)
+    finally:
+        stop(servers, other)
