@@ -381,7 +381,10 @@ def test_an_unknown_code_source_is_invalid(code_stack: InProcessStack, tmp_path:
     with grpc.insecure_channel(f"127.0.0.1:{s.executor_server.port}") as channel:
         stub = executor_pb2_grpc.ExecutorServiceStub(channel)
         with pytest.raises(grpc.RpcError) as e:
-            stub.RelaunchRun(pb.RelaunchRunRequest(run=original.name, code=7), timeout=30)
+            stub.RelaunchRun(
+                pb.RelaunchRunRequest(run=original.name, code=pb.CodeSource.ValueType(7)),
+                timeout=30,
+            )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert errors.from_rpc_error(e.value).field == "code"
     with pytest.raises(errors.InvalidArgument) as bad:
