@@ -447,6 +447,21 @@ def relaunch_the_import(
     assert verdict.status == MATCH, [(n.node, n.reason) for n in verdict.nodes]
 
 
+def test_an_imported_capture_relaunches_in_a_deployment_without_the_repository(
+    code_stack: InProcessStack, repo: Path, tmp_path: Path, config: Config
+) -> None:
+    ion, original, export = export_a_run(code_stack, tmp_path)
+    shutil.rmtree(repo)  # no copy of the repository anywhere
+    empty = tmp_path / "no-code"
+    empty.mkdir()
+    far = config.with_(db_prefix=f"t{uuid.uuid4().hex[:12]}", data_dir=tmp_path / "far")
+    servers, other = start(far, empty)
+    try:
+        relaunch_the_import(other, ion, original, export)
+    finally:
+        stop(servers, other)
+
+
 def test_an_imported_capture_relaunches_from_its_snapshots_once_the_code_is_gone(
     code_stack: InProcessStack, repo: Path, tmp_path: Path, config: Config
 ) -> None:
