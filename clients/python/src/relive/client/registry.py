@@ -99,13 +99,17 @@ class RegistryClient:
         source_path: str = "",
         code_refs: Sequence[pb.CodeRef] = (),
         request_id: str | None = None,
+        restore: bool = False,
     ) -> pb.Ion:
+        """Creates an ION with its first revision. ``restore`` (for imports) checks each
+        call's form but not that it imports on the registry's code path."""
         request = pb.CreateIonRequest(
             ion_id=ion_id,
             definition_yaml=definition_yaml,
             source_path=source_path,
             code_refs=list(code_refs),
             request_id=request_id if request_id is not None else uuid.uuid4().hex,
+            restore=restore,
         )
         return call(self._stub.CreateIon, request, timeout=self.timeout)
 
@@ -117,6 +121,7 @@ class RegistryClient:
         source_path: str = "",
         code_refs: Sequence[pb.CodeRef] = (),
         request_id: str | None = None,
+        restore: bool = False,
     ) -> pb.Revision:
         request = pb.CreateRevisionRequest(
             parent=ion_name(ion),
@@ -124,6 +129,7 @@ class RegistryClient:
             source_path=source_path,
             code_refs=list(code_refs),
             request_id=request_id if request_id is not None else uuid.uuid4().hex,
+            restore=restore,
         )
         return call(self._stub.CreateRevision, request, timeout=self.timeout)
 

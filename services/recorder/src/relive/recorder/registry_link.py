@@ -110,10 +110,10 @@ class RegistryLink:
                 continue
             with calling("registry", f"cannot recreate a revision of ions/{ion}"):
                 if not existing and created == 0:
-                    client.create_ion(ion, text, source_path=path)
+                    client.create_ion(ion, text, source_path=path, restore=True)
                     self._projects.remember(ion, project)
                 else:
-                    client.create_revision(ion, text, source_path=path)
+                    client.create_revision(ion, text, source_path=path, restore=True)
             have.add(text)
             created += 1
         return created

@@ -43,7 +43,6 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ import yaml
 
 from relive import policies
 from relive.core.names import check_id
+from relive.code import find_module_file
 from relive.errors import InvalidArgument
 from relive.policies.params import LOCAL_ID as LOCAL_ID  # node ids; service.py checks them too
 from relive.policies.params import integer_problem, local_id_problem, number_problem
@@ -233,12 +233,14 @@ def parse(
     *,
     source: str = "",
     ion_id: str = "",
-    code_path: Sequence[str] = (),
+    code_path: Sequence[str] | None = (),
 ) -> dict[str, Any]:
     """Parses and validates an ION file; returns its canonical definition.
 
     The canonical definition is a plain JSON-able dict (see ``canonical_json``). ``ion_id``,
     when given, must match the file's ``name`` (or stands in for a missing one).
+    ``code_path=None`` checks each ``call``'s form but not that it imports here: for a
+    revision restored from an export, whose code comes with the export's code snapshots.
     """
     source = source or "definition_yaml"
     if len(text.encode()) > MAX_YAML_BYTES:
@@ -284,7 +286,7 @@ def parse(
     return {"name": name, "retention_days": retention, "nodes": nodes, "edges": edges}
 
 
-def _node(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str]) -> dict[str, Any]:
+def _node(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str] | None) -> dict[str, Any]:
     node = _mapping(
         doc, raw, path, allowed=("pipeline", "policy", "params", "schedule", "streaming")
     )
@@ -311,7 +313,7 @@ def _node(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str]) -> dict[st
     return out
 
 
-def _pipeline(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str]) -> dict[str, Any]:
+def _pipeline(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str] | None) -> dict[str, Any]:
     pipeline = _mapping(doc, raw, path, allowed=("components", "outputs"))
     raw_components = pipeline.get("components")
     if not isinstance(raw_components, dict) or not raw_components:
@@ -353,7 +355,7 @@ def _pipeline(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str]) -> dic
     return {"components": components, "outputs": outputs}
 
 
-def _component(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str]) -> dict[str, Any]:
+def _component(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str] | None) -> dict[str, Any]:
     c = _mapping(
         doc, raw, path, allowed=("call", "command", "after", "params", "image", "resources")
     )
@@ -364,7 +366,15 @@ def _component(doc: _Doc, raw: Any, path: Path_, code_path: Sequence[str]) -> di
         call = c["call"]
         if not isinstance(call, str):
             raise doc.error((*path, "call"), f"must be a string, got {_kind(call)}")
-        check_call(call, code_path, lambda problem: doc.error((*path, "call"), problem))
+
+        def fail(problem: str) -> InvalidArgument:
+            return doc.error((*path, "call"), problem)
+
+        if code_path is None:
+            if not CALL.match(call):
+                raise fail(f"{call!r} is not of the form 'package.module:function'")
+        else:
+            check_call(call, code_path, fail)
         out["call"] = call
         if "image" in c:
             raise doc.error((*path, "image"), "image applies only to command components")
@@ -609,27 +619,6 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str]:
 
 
 # --------------------------------------------------------------------- call resolution
-
-
-def find_module_file(module: str, search: Sequence[str]) -> Path | None:
-    """Finds a module's source file without importing it (or any parent package)."""
-    parts = module.split(".")
-    locations: list[str] | None = list(search) if search else None
-    spec = None
-    for i in range(len(parts)):
-        name = ".".join(parts[: i + 1])
-        spec = PathFinder.find_spec(name, locations)
-        if spec is None:
-            return None
-        if i < len(parts) - 1:
-            if not spec.submodule_search_locations:
-                return None
-            locations = list(spec.submodule_search_locations)
-    if spec is None:
-        return None
-    if spec.origin and spec.origin not in ("namespace", "built-in", "frozen"):
-        return Path(spec.origin)
-    return None
 
 
 def top_level_names(tree: ast.Module) -> set[str]:

@@ -97,6 +97,7 @@ class RegistryService:
         source_path: str = "",
         code_refs: Sequence[CodeRef] = (),
         request_id: str = "",
+        restore: bool = False,
     ) -> Ion:
         """Creates an ION with its first revision; a repeated request_id returns the ION."""
         names.check_id(ion_id, "ion_id")
@@ -109,7 +110,11 @@ class RegistryService:
         if request_id and (earlier := self._recalled_ion(request_key)):
             return earlier
         parsed = definition.parse(
-            definition_yaml, source=source_path, ion_id=ion_id, code_path=self.code_path
+            definition_yaml,
+            source=source_path,
+            ion_id=ion_id,
+            # A restored revision's code comes with its export's code snapshots.
+            code_path=None if restore else self.code_path,
         )
         now = _now()
         # Claim the request id first, so concurrent repeats wait for one create.
@@ -223,6 +228,7 @@ class RegistryService:
         source_path: str = "",
         code_refs: Sequence[CodeRef] = (),
         request_id: str = "",
+        restore: bool = False,
     ) -> Revision:
         """Adds a revision when the definition changed; otherwise returns the latest one."""
         ion_id = names.parse_name(parent, "ions/{ion}", "parent")["ion"]
@@ -236,7 +242,11 @@ class RegistryService:
             if found is not None:
                 return found
         parsed = definition.parse(
-            definition_yaml, source=source_path, ion_id=ion_id, code_path=self.code_path
+            definition_yaml,
+            source=source_path,
+            ion_id=ion_id,
+            # A restored revision's code comes with its export's code snapshots.
+            code_path=None if restore else self.code_path,
         )
         digest = definition.definition_sha256(parsed)
         latest = self.store.get_revision(ion_id, ion.latest_revision)

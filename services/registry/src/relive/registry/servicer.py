@@ -205,6 +205,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             source_path=request.source_path,
             code_refs=code_refs_from_pb(request.code_refs),
             request_id=request.request_id,
+            restore=request.restore,
         )
         return ion_to_pb(ion)
 
@@ -234,6 +235,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             source_path=request.source_path,
             code_refs=code_refs_from_pb(request.code_refs),
             request_id=request.request_id,
+            restore=request.restore,
         )
         return revision_to_pb(rev)
 

@@ -756,6 +756,7 @@ class CreateIonRequest(_message.Message):
     SOURCE_PATH_FIELD_NUMBER: _builtins.int
     CODE_REFS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESTORE_FIELD_NUMBER: _builtins.int
     ion_id: _builtins.str
     """The ION id; must equal the YAML's name when that is given."""
     definition_yaml: _builtins.str
@@ -764,6 +765,10 @@ class CreateIonRequest(_message.Message):
     """Path of the YAML file, used in error messages."""
     request_id: _builtins.str
     """Makes the create idempotent: a repeat returns the first result."""
+    restore: _builtins.bool
+    """Set by an import: the definition is an exported revision, whose code comes with the
+    export's code snapshots, so each call's form is checked but not that it imports here.
+    """
     @_builtins.property
     def code_refs(self) -> _containers.RepeatedCompositeFieldContainer[Global___CodeRef]:
         """Code refs captured by the client."""
@@ -776,10 +781,11 @@ class CreateIonRequest(_message.Message):
         source_path: _builtins.str = ...,
         code_refs: _abc.Iterable[Global___CodeRef] | None = ...,
         request_id: _builtins.str = ...,
+        restore: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_refs", b"code_refs", "definition_yaml", b"definition_yaml", "ion_id", b"ion_id", "request_id", b"request_id", "source_path", b"source_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_refs", b"code_refs", "definition_yaml", b"definition_yaml", "ion_id", b"ion_id", "request_id", b"request_id", "restore", b"restore", "source_path", b"source_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -878,11 +884,14 @@ class CreateRevisionRequest(_message.Message):
     SOURCE_PATH_FIELD_NUMBER: _builtins.int
     CODE_REFS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESTORE_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """"ions/{ion}"."""
     definition_yaml: _builtins.str
     source_path: _builtins.str
     request_id: _builtins.str
+    restore: _builtins.bool
+    """As CreateIonRequest.restore."""
     @_builtins.property
     def code_refs(self) -> _containers.RepeatedCompositeFieldContainer[Global___CodeRef]: ...
     def __init__(
@@ -893,10 +902,11 @@ class CreateRevisionRequest(_message.Message):
         source_path: _builtins.str = ...,
         code_refs: _abc.Iterable[Global___CodeRef] | None = ...,
         request_id: _builtins.str = ...,
+        restore: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_refs", b"code_refs", "definition_yaml", b"definition_yaml", "parent", b"parent", "request_id", b"request_id", "source_path", b"source_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_refs", b"code_refs", "definition_yaml", b"definition_yaml", "parent", b"parent", "request_id", b"request_id", "restore", b"restore", "source_path", b"source_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
