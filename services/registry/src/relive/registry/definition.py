@@ -43,14 +43,13 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from relive import policies
-from relive.core.names import check_id
 from relive.code import find_module_file
+from relive.core.names import check_id
 from relive.errors import InvalidArgument
 from relive.policies.params import LOCAL_ID as LOCAL_ID  # node ids; service.py checks them too
 from relive.policies.params import integer_problem, local_id_problem, number_problem
