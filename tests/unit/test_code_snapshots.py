@@ -294,3 +294,37 @@ def test_file_diffs_read_as_people_write_them() -> None:
     assert (d.changed, d.added, d.removed) == (("x.py", "y.py"), ("n.py",), ("z.py",))
     assert d.summary() == "2 files changed, 1 added, 1 removed"
     assert diff_files(a, a).summary() == "no file changed"
+
+
+def test_git_and_a_plain_walk_leave_out_the_same_files(tmp_path: Path) -> None:
+    """Excludes are git pathspecs in a repository and our own matching elsewhere: a tree
+    must not change its content because it was committed."""
+    settings = CodeSettings.from_env({"RELIVE_CODE_EXCLUDE": "data/*.csv,*.log,build"})
+    files: dict[str, str | bytes] = {
+        "data/big.csv": "1",
+        "data/keep.txt": "1",
+        "deep/data/other.csv": "1",
+        "a/b/run.log": "1",
+        "build/out.o": "1",
+        "src/build/x.py": "1",
+        "src/m.py": "",
+        "node_modules/dep/index.js": "1",
+        "pkg/__pycache__/m.pyc": b"x",
+    }
+    plain = tmp_path / "plain"
+    write(plain, files)
+    in_git = repo(tmp_path / "g", files)
+    assert set(inspect_tree(plain, settings).files) == set(inspect_tree(in_git, settings).files)
+
+
+def test_a_relative_destination_materializes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = repo(tmp_path, CODE)
+    (root / "pkg/steps.py").write_text("dirty = 1\n")
+    tree = inspect_tree(root, SETTINGS)
+    archive = tmp_path / "snap.tar.gz"
+    pack(tree, archive)
+    monkeypatch.chdir(tmp_path)
+    out = SnapshotCache(Path("cache")).materialize(archive, tree.sha256)
+    assert (out / "pkg/steps.py").read_text() == "dirty = 1\n"

@@ -194,6 +194,7 @@ def _check(dest: Path, manifest: dict[str, object], expect: str | None) -> None:
 def materialize(archive: Path, dest: Path, expect: str | None = None) -> Path:
     """Unpacks ``archive`` into ``dest`` (which must not exist) and checks every file against
     the manifest, and the tree hash against ``expect`` when given."""
+    dest = dest.resolve()
     dest.mkdir(parents=True)
     with tarfile.open(archive, "r:gz") as tar:
         try:
@@ -238,6 +239,7 @@ class SnapshotCache:
     def materialize(self, archive: Path, sha256: str) -> Path:
         if (found := self.get(sha256)) is not None:
             return found
+        self.directory = self.directory.resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         scratch = self.directory / f".tmp-{sha256[:12]}-{uuid.uuid4().hex[:8]}"
         try:

@@ -235,8 +235,9 @@ def _git_listing(root: Path, settings: CodeSettings) -> _Listing | None:
     untracked_run = _git(root, "ls-files", "-z", "--others", "--exclude-standard", *specs)
     if untracked_run.returncode != 0:
         raise _unreadable(root, "ls-files --others", untracked_run)
-    tracked = [p for p in _z(tracked_run.stdout) if not settings.excluded(p)]
-    untracked = [p for p in _z(untracked_run.stdout) if not settings.excluded(p)]
+    # The pathspecs already left out what settings exclude, as settings.excluded would.
+    tracked = _z(tracked_run.stdout)
+    untracked = _z(untracked_run.stdout)
     present = [p for p in tracked if os.path.lexists(root / p)]
     changed = _git(root, "diff", "--quiet", "HEAD", *specs)
     if changed.returncode not in (0, 1):
