@@ -306,3 +306,40 @@ def test_request_id_after_delete_creates_afresh(
     again = stub.CreateIon(request)
     assert again.latest_revision == 1
     assert stub.GetIon(pb.GetIonRequest(name="ions/app")) == again
+
+
+def test_registering_the_same_file_after_a_commit_records_the_new_commit(
+    stub: registry_pb2_grpc.RegistryServiceStub,
+) -> None:
+    def ref(commit: str, dirty: bool = False) -> pb.CodeRef:
+        return pb.CodeRef(
+            module="examples.churn.steps", repo="r", path="p.py", commit=commit, dirty=dirty
+        )
+
+    stub.CreateIon(
+        pb.CreateIonRequest(ion_id="code", definition_yaml=small("code"), code_refs=[ref("a1")])
+    )
+    same = stub.CreateRevision(
+        pb.CreateRevisionRequest(
+            parent="ions/code", definition_yaml=small("code"), code_refs=[ref("a1")]
+        )
+    )
+    assert same.revision_id == 1
+    moved = stub.CreateRevision(
+        pb.CreateRevisionRequest(
+            parent="ions/code", definition_yaml=small("code"), code_refs=[ref("c3")]
+        )
+    )
+    assert moved.revision_id == 2 and [r.commit for r in moved.code_refs] == ["c3"]
+    assert moved.definition_sha256 == same.definition_sha256
+    dirty = stub.CreateRevision(
+        pb.CreateRevisionRequest(
+            parent="ions/code", definition_yaml=small("code"), code_refs=[ref("c3", dirty=True)]
+        )
+    )
+    assert dirty.revision_id == 3
+    # A client that sends no refs does not know the code: the latest revision stands.
+    unknown = stub.CreateRevision(
+        pb.CreateRevisionRequest(parent="ions/code", definition_yaml=small("code"))
+    )
+    assert unknown.revision_id == 3

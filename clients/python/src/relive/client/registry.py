@@ -15,7 +15,6 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -23,6 +22,7 @@ import grpc
 import yaml
 
 from relive.client.channel import DEFAULT_TIMEOUT_S, call, with_project
+from relive.code import find_module_file
 from relive.errors import AlreadyExists, NotFound
 from relive.registry.v1 import registry_pb2 as pb
 from relive.registry.v1 import registry_pb2_grpc
@@ -396,24 +396,6 @@ def _called_modules(text: str) -> list[str]:
     return sorted(modules)
 
 
-def _find_module(module: str, roots: Sequence[str]) -> Path | None:
-    """The module's file, found without importing anything."""
-    locations: list[str] | None = list(roots)
-    parts = module.split(".")
-    spec = None
-    for i in range(len(parts)):
-        spec = PathFinder.find_spec(".".join(parts[: i + 1]), locations)
-        if spec is None:
-            return None
-        if i < len(parts) - 1:
-            if not spec.submodule_search_locations:
-                return None
-            locations = list(spec.submodule_search_locations)
-    if spec is None or not spec.origin or spec.origin in ("namespace", "built-in", "frozen"):
-        return None
-    return Path(spec.origin)
-
-
 def _git(cwd: Path, *args: str) -> str | None:
     try:
         out = subprocess.run(
@@ -449,10 +431,13 @@ def code_ref(module: str, file: Path) -> pb.CodeRef | None:
 def capture_code_refs(text: str, base: Path, cwd: Path | None = None) -> list[pb.CodeRef]:
     """Code refs of every module the ION file's components call, when it is in git.
 
-    Modules are looked up under the file's directory, its parents up to the top of its git
-    repository, and the working directory.
+    Modules are looked up where the executor imports them from first (RELIVE_CODE_PATH),
+    then under the file's directory, its parents up to the top of its git repository, and
+    the working directory. These refs say what the client saw; a launch records the code it
+    really runs (docs/code-provenance.md).
     """
-    roots = [str(base)]
+    roots = [p for p in os.environ.get("RELIVE_CODE_PATH", "").split(os.pathsep) if p]
+    roots.append(str(base))
     top = _git(base, "rev-parse", "--show-toplevel")
     if top:
         for parent in base.parents:
@@ -462,7 +447,7 @@ def capture_code_refs(text: str, base: Path, cwd: Path | None = None) -> list[pb
     roots.append(str(cwd or Path.cwd()))
     refs = []
     for module in _called_modules(text):
-        file = _find_module(module, roots)
+        file = find_module_file(module, roots)
         if file is not None and (ref := code_ref(module, file)) is not None:
             refs.append(ref)
     return refs

@@ -51,6 +51,19 @@ def _request_id(value: str, field: str = "request_id") -> str:
     return value
 
 
+def _same_code(before: Sequence[CodeRef], now: Sequence[CodeRef]) -> bool:
+    """Whether registering again saw the same code: a new commit (or a tree that became
+    dirty) makes a new revision even when the ION file did not change. A client that
+    sends no refs does not know, and keeps the latest revision."""
+    if not now:
+        return True
+
+    def key(refs: Sequence[CodeRef]) -> set[tuple[str, str, str, str, bool]]:
+        return {(r.module, r.repo, r.path, r.commit, r.dirty) for r in refs}
+
+    return key(before) == key(now)
+
+
 def _code_refs(refs: Sequence[CodeRef]) -> list[CodeRef]:
     if len(refs) > MAX_CODE_REFS:
         raise InvalidArgument(f"at most {MAX_CODE_REFS} code_refs", field="code_refs")
@@ -251,7 +264,11 @@ class RegistryService:
         digest = definition.definition_sha256(parsed)
         latest = self.store.get_revision(ion_id, ion.latest_revision)
         now = _now()
-        if latest is not None and latest.definition_sha256 == digest:
+        if (
+            latest is not None
+            and latest.definition_sha256 == digest
+            and _same_code(latest.code_refs, refs)
+        ):
             rev = latest
         else:
             rev = self._add_revision(ion_id, parsed, definition_yaml, source_path, refs, now)
