@@ -132,11 +132,10 @@ class Stack:
                 env[key] = str(path.resolve())
         for name, port in self.ports.items():
             env[f"RELIVE_{name.upper()}_ENDPOINT"] = f"{self.config.host}:{port}"
-        # Component code is imported from where `relive up` was started.
+        # Component code comes from where `relive up` was started, through the code snapshots
+        # each launch takes (docs/code-provenance.md); it is never on an import path, so a
+        # Ray worker cannot fall back to live code.
         env["RELIVE_CODE_PATH"] = os.pathsep.join(self.config.code_path)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [*self.config.code_path, *filter(None, [env.get("PYTHONPATH")])]
-        )
         return env
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
