@@ -200,9 +200,7 @@ def test_an_input_over_the_bound_is_refused_naming_the_setting(
 
     create_open_ion(registry_channel, "demo")
     server, port = create_server(
-        config.with_(
-            registry_endpoint=f"127.0.0.1:{registry_server.port}", max_input_bytes=100_000
-        )
+        config.with_(registry_endpoint=f"127.0.0.1:{registry_server.port}", max_input_bytes=100_000)
     )
     server.start()
     try:
