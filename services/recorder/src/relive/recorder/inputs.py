@@ -63,6 +63,15 @@ def _now() -> dt.datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def _ms(value: dt.datetime) -> int:
+    return round(value.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    value = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def input_name(ion: str, sha256: str) -> str:
     return f"ions/{ion}/inputs/{sha256}"
 
@@ -117,6 +126,50 @@ class RecordedInput:
     @property
     def name(self) -> str:
         return input_name(self.ion, self.sha256)
+
+    def to_json(self) -> dict[str, Any]:
+        """Its metadata in an export: the proto's field names, times as RFC 3339 (and the use
+        span in epoch milliseconds too, which an import reads)."""
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "kind": self.kind,
+            "media_type": self.media_type,
+            "size_bytes": self.size_bytes,
+            "first_use_time": _iso(self.first_use_ms),
+            "last_use_time": _iso(self.last_use_ms),
+            "first_use_ms": self.first_use_ms,
+            "last_use_ms": self.last_use_ms,
+            "create_time": _iso(_ms(self.create_time)) if self.create_time else "",
+            "labels": dict(self.labels),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> RecordedInput:
+        """The inverse of ``to_json``; KeyError, ValueError or TypeError when malformed."""
+        try:
+            ion, sha = parse_input_name(str(raw["name"]))
+        except errors.InvalidArgument as e:
+            raise ValueError(e.message) from e
+        if raw["sha256"] != sha:
+            raise ValueError(f"its name names {sha}, its sha256 is {raw['sha256']!r}")
+        labels = raw.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise TypeError("labels is not an object")
+        created = str(raw.get("create_time") or "")
+        return cls(
+            ion=ion,
+            sha256=sha,
+            kind=str(raw["kind"]),
+            media_type=str(raw["media_type"]),
+            size_bytes=int(raw["size_bytes"]),
+            first_use_ms=int(raw["first_use_ms"]),
+            last_use_ms=int(raw["last_use_ms"]),
+            create_time=(
+                dt.datetime.fromisoformat(created.replace("Z", "+00:00")) if created else None
+            ),
+            labels={str(k): str(v) for k, v in labels.items()},
+        )
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> RecordedInput:
@@ -266,6 +319,7 @@ class RecordedInputs:
         size: int,
         first_ms: int,
         last_ms: int,
+        created: dt.datetime | None = None,
     ) -> RecordedInput:
         """Stores checked bytes unless the ION holds them already; either way the use span
         takes in [first_ms, last_ms]."""
@@ -284,7 +338,7 @@ class RecordedInputs:
             "first_use_ms": first_ms,
             "last_use_ms": last_ms,
             "use_key": st.use_key(ion, last_ms, header.sha256),
-            "create_time": _now(),
+            "create_time": created or _now(),
         }
         spool.seek(0)
         if size <= st.INLINE_MAX_BYTES:
@@ -341,21 +395,27 @@ class RecordedInputs:
             out.write(chunk)
         return found
 
-    def restore(
-        self, ion: str, header: InputHeader, first_ms: int, last_ms: int, path: Path
-    ) -> RecordedInput:
-        """Stores an exported input (an import) with its recorded use span; one stored
-        already keeps its bytes and takes in the span. ``path`` holds the bytes."""
-        header = header.check(ion)
-        size = path.stat().st_size
+    def check_restorable(self, ion: str, meta: RecordedInput, size: int) -> InputHeader:
+        """The header an exported input is stored with; it must fit this deployment."""
+        header = InputHeader(meta.sha256, meta.kind, meta.media_type, meta.labels).check(ion)
         if size > self.config.max_input_bytes:
             raise errors.FailedPrecondition(
                 f"the archive's input {input_name(ion, header.sha256)} is {size} bytes, more "
                 f"than this deployment's {MAX_SETTING} ({self.config.max_input_bytes})",
                 field=MAX_SETTING,
             )
+        return header
+
+    def restore(self, ion: str, meta: RecordedInput, path: Path) -> RecordedInput:
+        """Stores an exported input (an import; ``path`` holds its checked bytes) with its
+        use span and creation time, so exporting it again gives the same; one stored
+        already keeps its bytes and takes in the span."""
+        size = path.stat().st_size
+        header = self.check_restorable(ion, meta, size)
         with path.open("rb") as f:
-            return self._keep(ion, header, f, size, first_ms, last_ms)
+            return self._keep(
+                ion, header, f, size, meta.first_use_ms, meta.last_use_ms, meta.create_time
+            )
 
     def sweep(
         self, ion: str, cutoff_ms: int, windows: Windows, pinned: Callable[[], set[str]]

@@ -11,6 +11,7 @@ from google.rpc import code_pb2
 
 from relive import errors
 from relive.recorder.export import Exporter
+from relive.recorder.importer import Importer
 from relive.recorder.inputs import InputHeader, RecordedInput
 from relive.recorder.reader import ORDER_ARRIVAL, ORDER_TIMELINE, EventFilter
 from relive.recorder.service import Capture, RecorderService, RetentionPolicy, datetime_to_ms
@@ -133,9 +134,10 @@ def _order(value: int) -> str:
 
 
 class RecorderServicer(recorder_pb2_grpc.RecorderServiceServicer):
-    def __init__(self, service: RecorderService, exporter: Exporter) -> None:
+    def __init__(self, service: RecorderService, exporter: Exporter, importer: Importer) -> None:
         self.service = service
         self.exporter = exporter
+        self.importer = importer
 
     def AppendEvents(
         self, request: recorder_pb2.AppendEventsRequest, context: grpc.ServicerContext
@@ -271,7 +273,7 @@ class RecorderServicer(recorder_pb2_grpc.RecorderServiceServicer):
                     )
                 yield message.chunk
 
-        result = self.exporter.import_(first.header.capture_id, chunks())
+        result = self.importer.import_(first.header.capture_id, chunks())
         return recorder_pb2.ImportCaptureResponse(
             capture=capture_to_proto(result.capture),
             events_imported=result.imported,
