@@ -28,7 +28,7 @@ from relive import errors
 from relive.core.config import Config
 from relive.core.names import check_id
 from relive.recorder import store as st
-from relive.recorder.retention import Windows
+from relive.recorder.retention import Windows, keeps_input
 from relive.recorder.v1 import event_pb2
 
 KINDS = ("batch", "call", "dataset")
@@ -428,11 +428,12 @@ class RecordedInputs:
         deleted = 0
         for doc in self.store.inputs_last_used_before(ion, cutoff_ms):
             first, last = int(doc["first_use_ms"]), int(doc["last_use_ms"])
-            if windows.overlaps(first, last):
+            if keeps_input(first, last, cutoff_ms, windows, named_by_pinned=False):
                 continue
             if held is None:
                 held = pinned()
-            if input_name(ion, str(doc["sha256"])) in held:
+            named = input_name(ion, str(doc["sha256"])) in held
+            if keeps_input(first, last, cutoff_ms, windows, named):
                 continue
             if self.store.delete_input(str(doc["key"]), last):
                 deleted += 1

@@ -69,6 +69,15 @@ def runs_inside(
     return {e.run for e in decode() if e.run and start_ms <= e.hlc.physical_ms < end_ms}
 
 
+def keeps_input(
+    first_ms: int, last_ms: int, cutoff_ms: int, windows: Windows, named_by_pinned: bool
+) -> bool:
+    """Whether retention keeps a recorded input used over [first_ms, last_ms]: a use after
+    the cutoff, a use span that meets a capture window, or a name in a pinned launch record
+    (a dataset snapshot a run read before the window) keeps it."""
+    return last_ms >= cutoff_ms or windows.overlaps(first_ms, last_ms) or named_by_pinned
+
+
 class Action(enum.Enum):
     DELETE = "delete"
     KEEP = "keep"
