@@ -263,6 +263,7 @@ def test_a_capture_exports_what_a_relaunch_needs_and_imports_it_elsewhere(
         registry.download_model(version, out)
         assert blob == out.getvalue()
 
+    mongo: MongoClient[dict[str, Any]]
     with (
         other_deployment(config, tmp_path) as other,
         grpc.insecure_channel(other.registry_target) as channel,

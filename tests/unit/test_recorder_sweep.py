@@ -5,6 +5,7 @@ events still need; everything else older than the cutoff goes."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from hypothesis import given, settings
@@ -71,14 +72,14 @@ def _sweep(
     for start, end in windows.spans:
         for doc in docs:
             if doc["min_ms"] < end and doc["max_ms"] >= start:
-                pinned |= runs_inside(doc, start, end, lambda d=doc: _decode(d))
+                pinned |= runs_inside(doc, start, end, partial(_decode, doc))
     runs = frozenset(pinned)
     kept: list[event_pb2.Event] = []
     for doc in docs:
         if doc["min_ms"] >= cutoff:
             kept.extend(_decode(doc))
             continue
-        verdict = judge(doc, cutoff, windows, lambda d=doc: _decode(d), runs)
+        verdict = judge(doc, cutoff, windows, partial(_decode, doc), runs)
         if verdict.action is Action.KEEP:
             kept.extend(_decode(doc))
         elif verdict.action is Action.REWRITE:

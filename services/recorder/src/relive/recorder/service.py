@@ -403,13 +403,20 @@ class RecorderService:
         windows = Windows(
             (int(d["start_ms"]), int(d["end_ms"])) for d in self.store.captures_of(ion)
         )
-        pinned = self.pinned_runs(ion, windows)
+        found: list[frozenset[str]] = []
+
+        def pinned() -> frozenset[str]:
+            # Scanned once, and only when something is old enough to need it.
+            if not found:
+                found.append(self.pinned_runs(ion, windows))
+            return found[0]
+
         deleted = kept = 0
         now = dt.datetime.now(dt.UTC)
         for level in range(len(bk.LEVEL_SPANS_MS)):
             for doc in self.store.buckets_older_than(ion, level, cutoff):
                 decode = partial(bk.decode_events, doc["blob"])
-                verdict = judge(doc, cutoff, windows, decode, pinned)
+                verdict = judge(doc, cutoff, windows, decode, pinned())
                 deleted += verdict.deleted
                 kept += verdict.held
                 if verdict.action is Action.DELETE:
@@ -419,7 +426,7 @@ class RecorderService:
                     self.store.rewrite_bucket(doc["seq_key"], changes)
 
         def pinned_inputs() -> set[str]:
-            return {n for e in self.launch_records(ion, pinned) for n in input_names(e)}
+            return {n for e in self.launch_records(ion, pinned()) for n in input_names(e)}
 
         inputs_deleted = self.inputs.sweep(ion, cutoff, windows, pinned_inputs)
         self.store.mark_swept(ion, now, days)
