@@ -81,6 +81,9 @@ edges:
 # A code snapshot that exists (its tree hash need only be well formed here).
 FUZZ_CODE = b"def fit(x):\n    return x\n"
 FUZZ_TREE = hashlib.sha256(b"fuzz tree").hexdigest()
+# A recorded input that exists.
+FUZZ_INPUT = b"a live batch " * 20
+FUZZ_INPUT_SHA = hashlib.sha256(FUZZ_INPUT).hexdigest()
 
 # ----------------------------------------------------------------------------- the deployment
 
@@ -125,6 +128,7 @@ def _seed(d: Deployment) -> None:
         rec.get_capture("ions/fuzz/captures/cap")
     except Exception:
         rec.create_capture("fuzz", "cap", now - dt.timedelta(hours=1), now + dt.timedelta(hours=1))
+    rec.create_recorded_input("fuzz", FUZZ_INPUT, kind="batch", media_type="application/x-npz")
     try:
         reg.get_model_version("models/fuzzmodel/versions/1")
     except Exception:
@@ -189,6 +193,8 @@ def deployment(
         "models/nope/versions/1",
         f"codeSnapshots/{FUZZ_TREE}",
         f"codeSnapshots/{'0' * 64}",
+        f"ions/fuzz/inputs/{FUZZ_INPUT_SHA}",
+        f"ions/fuzz/inputs/{'0' * 64}",
     ]
     page = stack.recorder.list_events_page("fuzz", page_size=1)
     d.tokens = [page.next_page_token]
@@ -325,6 +331,10 @@ def _string(d: Deployment, f: FD) -> st.SearchStrategy[str]:
         return KIND_TEXT
     if f.name in ("trace_id", "span_id", "parent_span_id"):
         return HEX
+    if f.name in ("sha256", "expected_sha256"):
+        return st.one_of(
+            st.just(FUZZ_INPUT_SHA), st.text("0123456789abcdef", min_size=64, max_size=64), TEXT
+        )
     if f.name in ("ion_id", "capture_id"):
         return st.one_of(st.sampled_from(["fuzz", "cap", "new-one"]), TEXT)
     if f.name == "definition_yaml":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import tarfile
@@ -153,15 +154,23 @@ def test_retention_never_deletes_captured_and_deletes_the_rest(
         assert left == alive
 
 
+# Runs that several events share, so a window can hold a run launched before it.
+SHARED_RUNS = ["ions/x/runs/ra", "ions/x/runs/rb"]
+
+
 @st.composite
-def rich_event(draw: st.DrawFn, pseq: int) -> event_pb2.Event:
+def rich_event(draw: st.DrawFn, pseq: int, ion: str, payloads: dict[str, bytes]) -> event_pb2.Event:
+    """An event of any kind; a ``stream.batch`` names a recorded input whose bytes it adds
+    to ``payloads`` (name -> bytes), for the test to store."""
     ms = T0 + draw(st.integers(0, 5000))
-    kind = draw(st.sampled_from(["stat", "log", "custom", "span", "run.launched"]))
+    kinds = ["stat", "log", "custom", "span", "run.launched", "launch", "batch"]
+    kind = draw(st.sampled_from(kinds))
     producer = draw(st.sampled_from(["a", "b"]))
     e = event(ms, producer=producer, pseq=pseq, type="stat" if kind == "stat" else "log")
     if kind == "stat":
         e.stat.value = draw(st.floats(-1e6, 1e6, allow_nan=False))
         e.stat.labels["k"] = draw(st.text("abc", max_size=3))
+        e.run = draw(st.sampled_from(["", *SHARED_RUNS]))
     elif kind == "log":
         e.log.message = draw(st.text(max_size=20))
     elif kind == "custom":
@@ -174,9 +183,18 @@ def rich_event(draw: st.DrawFn, pseq: int) -> event_pb2.Event:
         e.span.name = "op"
         e.span.start_time.FromMilliseconds(ms)
         e.span.end_time.FromMilliseconds(ms + draw(st.integers(0, 100)))
+    elif kind == "batch":
+        data = draw(st.binary(max_size=200))
+        name = f"ions/{ion}/inputs/{hashlib.sha256(data).hexdigest()}"
+        payloads[name] = data
+        e.type = "stream.batch"
+        e.run = draw(st.sampled_from(SHARED_RUNS))
+        e.custom.data.update({"batch": pseq, "input": name})
     else:
         e.type = "run.launched"
-        e.run = f"ions/x/runs/r{pseq}"
+        e.run = (
+            f"ions/x/runs/r{pseq}" if kind == "run.launched" else draw(st.sampled_from(SHARED_RUNS))
+        )
         e.lifecycle.details.update({"seed": draw(st.integers(0, 9))})
     return e
 
@@ -193,7 +211,8 @@ def test_export_import_round_trip_property(
         def round_trip(data: st.DataObject) -> None:
             ion = new_ion(registry_channel, "exp")
             n = data.draw(st.integers(1, 40))
-            events = [data.draw(rich_event(i + 1)) for i in range(n)]
+            payloads: dict[str, bytes] = {}
+            events = [data.draw(rich_event(i + 1, ion, payloads)) for i in range(n)]
             # Producer sequences must grow with each producer's clock.
             by_producer: dict[str, list[event_pb2.Event]] = {}
             for e in events:
@@ -202,6 +221,10 @@ def test_export_import_round_trip_property(
                 mine.sort(key=lambda e: (e.hlc.physical_ms, e.producer_sequence))
                 for k, e in enumerate(mine, 1):
                     e.producer_sequence = k
+            for payload in payloads.values():
+                client.create_recorded_input(
+                    ion, payload, kind="batch", media_type="application/octet-stream"
+                )
             client.append(ion, events)
             lo = T0 + data.draw(st.integers(0, 2500))
             hi = lo + data.draw(st.integers(1, 3000))
@@ -210,14 +233,49 @@ def test_export_import_round_trip_property(
             client.export_capture(f"ions/{ion}/captures/cap", path)
             result = far.import_capture(path)
             original = list(client.list_events(ion, start=lo, end=hi))
-            assert result.events_imported == len(original)
-            restored = list(far.list_events(ion))
+            # A run with an event in the window and its launch before it: the latest such
+            # launch comes along.
+            before = list(client.list_events(ion, end=lo, types=["run.launched"]))
+            inside = {e.run for e in original if e.run}
+            launched_inside = {e.run for e in original if e.type == "run.launched"}
+            pinned = {e.run: e for e in before if e.run in inside - launched_inside}
+            assert result.events_imported == len(original) + len(pinned)
+            restored = list(far.list_events(ion, start=lo, end=hi))
             assert [content(e) for e in restored] == [content(e) for e in original]
+            restored_before = list(far.list_events(ion, end=lo))
+            assert [content(e) for e in restored_before] == [
+                content(e)
+                for e in sorted(
+                    pinned.values(), key=lambda e: (e.hlc.physical_ms, e.hlc.logical, e.producer_id)
+                )
+            ]
+            named = {str(e.custom.data["input"]) for e in original if e.type == "stream.batch"}
+            for name in named:
+                assert far.download_recorded_input(name) == payloads[name]
             again = tmp_path / f"{ion}-again.tar.gz"
             far.export_capture(f"ions/{ion}/captures/cap", again)
             assert _events_jsonl(again) == _events_jsonl(path)
+            assert _carried(again) == _carried(path)
 
         round_trip()
+
+
+def _carried(path: Path) -> dict[str, object]:
+    """What an export carries besides its events: the launch specs and the recorded inputs
+    (less what the storing deployment assigns: event sequences and names)."""
+    out: dict[str, object] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name.startswith("inputs/"):
+                out[member.name] = data
+            elif member.name.startswith("runs/"):
+                run = json.loads(data)
+                for d in [run["event"], *run.get("datasets", [])]:
+                    d.pop("sequence", None)
+                    d.pop("name", None)
+                out[member.name] = run
+    return out
 
 
 def _events_jsonl(path: Path) -> list[dict[str, object]]:

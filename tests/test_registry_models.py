@@ -19,7 +19,7 @@ from pymongo import MongoClient
 
 from relive.client.registry import RegistryClient
 from relive.core.config import Config
-from relive.errors import InvalidArgument, NotFound
+from relive.errors import AlreadyExists, InvalidArgument, NotFound
 from relive.registry.v1 import registry_pb2 as pb
 from relive.registry.v1 import registry_pb2_grpc
 
@@ -297,3 +297,42 @@ def test_50mb_model_round_trip_stays_well_below_its_size(config: Config) -> None
     growth = report["after_download_mb"] - report["before_mb"]
     # Holding the model even once would add 50 MB to the peak; chunks add a few.
     assert growth < 20, report
+
+
+def test_a_restored_version_keeps_its_id_and_the_counter_moves_past_it(
+    client: RegistryClient, files: Any
+) -> None:
+    """An import stores models/m/versions/5 as 5, so the names its events recorded resolve."""
+    first = client.upload_model("restored", b"v1")
+    assert first.version_id == 1
+    five = client.upload_model("restored", b"exported v5", restore_version_id=5, labels={"a": "b"})
+    assert five.name == "models/restored/versions/5" and five.version_id == 5
+    assert client.get_model_version("models/restored/versions/latest") == five
+    out = io.BytesIO()
+    client.download_model(five.name, out)
+    assert out.getvalue() == b"exported v5"
+    # The same id with the same bytes is the stored version (a second import).
+    stored = len(list(files.find({}, {"length": 1})))
+    assert client.upload_model("restored", b"exported v5", restore_version_id=5) == five
+    assert len(list(files.find({}, {"length": 1}))) == stored
+    # An id restored below the counter is taken as it is; new versions go past both.
+    three = client.upload_model("restored", b"exported v3", restore_version_id=3)
+    assert three.version_id == 3
+    assert client.upload_model("restored", b"new").version_id == 6
+    assert [v.version_id for v in client.list_model_versions("restored")] == [1, 3, 5, 6]
+
+
+def test_a_restore_over_other_bytes_is_refused_and_stores_nothing(
+    client: RegistryClient, files: Any
+) -> None:
+    client.upload_model("clash", b"ours")
+    stored = len(list(files.find({}, {"length": 1})))
+    with pytest.raises(AlreadyExists) as e:
+        client.upload_model("clash", b"theirs", restore_version_id=1)
+    assert e.value.field == "header.restore_version_id"
+    assert len(list(files.find({}, {"length": 1}))) == stored
+    for bad in (-1, 10**10):
+        with pytest.raises(InvalidArgument) as bad_id:
+            client.upload_model("clash", b"theirs", restore_version_id=bad)
+        assert bad_id.value.field == "header.restore_version_id"
+    assert [v.version_id for v in client.list_model_versions("clash")] == [1]

@@ -119,11 +119,15 @@ def set_model(e: Event, action: str, version: str, sha256: str = "", batch: int 
     return e
 
 
-def set_dataset(e: Event, uri: str, sha256: str = "", size_bytes: int = 0) -> Event:
+def set_dataset(
+    e: Event, uri: str, sha256: str = "", size_bytes: int = 0, input: str = ""
+) -> Event:
+    """``input`` names the RecordedInput holding a snapshot of the dataset, if one was taken."""
     d = e.dataset
     d.uri = uri
     d.sha256 = sha256
     d.size_bytes = int(size_bytes)
+    d.input = input
     return e
 
 
@@ -357,8 +361,8 @@ class EventFactory:
     def model(self, action: str, version: str, sha256: str, batch: int = 0, **where: str) -> Event:
         return set_model(self.make(f"model.{action}", **where), action, version, sha256, batch)
 
-    def dataset(self, uri: str, sha256: str, size: int, **where: str) -> Event:
-        return set_dataset(self.make("dataset.used", **where), uri, sha256, size)
+    def dataset(self, uri: str, sha256: str, size: int, input: str = "", **where: str) -> Event:
+        return set_dataset(self.make("dataset.used", **where), uri, sha256, size, input)
 
     def error(
         self, type_: str, error_type: str, message: str, traceback: str = "", **where: str

@@ -56,7 +56,11 @@ def register(subparsers: Any) -> None:
     p = commands.add_parser("export", help="write a capture to a .tar.gz")
     p.add_argument("capture", metavar="CAPTURE")
     p.add_argument("-o", "--output", required=True, metavar="FILE")
-    p.add_argument("--models", action="store_true", help="include the model bytes")
+    p.add_argument(
+        "--models",
+        action="store_true",
+        help="include the model versions its runs used (an import restores them, same names)",
+    )
     add_json_flag(p)
     p.set_defaults(func=_export)
 

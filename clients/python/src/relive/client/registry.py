@@ -199,13 +199,15 @@ class RegistryClient:
         labels: dict[str, str] | None = None,
         expected_sha256: str = "",
         request_id: str | None = None,
+        restore_version_id: int = 0,
         chunk_size: int = CHUNK_SIZE,
         timeout: float = TRANSFER_TIMEOUT_S,
     ) -> pb.ModelVersion:
         """Streams a model's bytes (bytes, a path, or a binary file) in chunks.
 
         The channel retries UNAVAILABLE while gRPC still holds the messages sent so far;
-        the request_id makes such a resend safe.
+        the request_id makes such a resend safe. ``restore_version_id`` (an import) stores
+        the version under that id, as another deployment named it.
         """
         header = pb.ModelVersionHeader(
             parent=model_name(model_id),
@@ -217,6 +219,7 @@ class RegistryClient:
             ),
             expected_sha256=expected_sha256,
             request_id=request_id if request_id is not None else uuid.uuid4().hex,
+            restore_version_id=restore_version_id,
         )
         opened: IO[bytes] | None = None
         if isinstance(data, bytes):

@@ -53,6 +53,8 @@ class Config:
     max_page_size: int = 1000
     # The largest code snapshot archive the registry stores.
     max_code_snapshot_bytes: int = 256 * 1024 * 1024
+    # The largest recorded input (a live batch, a call's result, a dataset snapshot).
+    max_input_bytes: int = 64 * 1024 * 1024
     # Seconds between periodic retention sweeps.
     retention_interval_s: float = 3600.0
     grace_s: float = 5.0
@@ -91,6 +93,8 @@ class Config:
             values["max_batch_events"] = int(v)
         if v := env.get("RELIVE_MAX_CODE_SNAPSHOT_BYTES"):
             values["max_code_snapshot_bytes"] = int(v)
+        if v := env.get("RELIVE_MAX_INPUT_BYTES"):
+            values["max_input_bytes"] = int(v)
         if v := env.get("RELIVE_RETENTION_INTERVAL_S"):
             values["retention_interval_s"] = float(v)
         values.update(overrides)

@@ -1,11 +1,14 @@
-"""Export of a capture to a .tar.gz, and import of one, streamed through temp files.
+"""Export of a capture to a .tar.gz, streamed through temp files (``importer.py`` reads one
+back).
 
 Layout (DESIGN.md): MANIFEST.json (sha256 and size of every other file), capture.json,
-ion/ (ion.json and the YAML of each revision in force), runs/ (the launch spec of each
-``run.launched`` event in the window), code/ (the code snapshots those runs ran; see
-export_code), events.jsonl, events.csv, stats.csv, spans.otlp.json, and models/ when asked
-for. Events are written in timeline order. Nothing holds a whole capture in memory: events
-stream from the store into files, the archive is built on disk, and it leaves in chunks.
+ion/ (ion.json and the YAML of each revision in force), runs/ (the launch spec of every run
+that overlaps the window, found before the window when it started earlier), code/ (the code
+snapshots those runs ran; see export_code), inputs/ (the recorded inputs the events name;
+see export_inputs), events.jsonl, events.csv, stats.csv, spans.otlp.json, and models/ when
+asked for (export_models). Events are written in timeline order. Nothing holds a whole
+capture in memory: events stream from the store into files, the archive is built on disk,
+and it leaves in chunks.
 """
 
 from __future__ import annotations
@@ -19,17 +22,15 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from google.protobuf import json_format
 
 from relive import errors
-from relive.core import identity
 from relive.core.config import Config
-from relive.core.names import check_id
-from relive.recorder import export_code
+from relive.recorder import export_code, export_inputs, export_models
+from relive.recorder.inputs import input_names
 from relive.recorder.registry_link import Registry
 from relive.recorder.service import Capture, RecorderService, ms_to_datetime
 from relive.recorder.v1 import event_pb2
@@ -60,13 +61,6 @@ EVENT_COLUMNS = [
 STAT_COLUMNS = ["time", "run", "node", "name", "value", "step", "sequence"]
 
 Progress = tuple[int, int, str]
-
-
-@dataclass
-class ImportResult:
-    capture: Capture
-    imported: int
-    already_present: int
 
 
 def iso(ms: int) -> str:
@@ -137,6 +131,16 @@ def span_to_otlp(e: event_pb2.Event) -> dict[str, Any]:
     return span
 
 
+def workdir(config: Config) -> Path:
+    """A temp directory for one export or import, under the data dir when it can be."""
+    base = Path(config.data_dir) / "tmp"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="relive-export-", dir=base))
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="relive-export-"))
+
+
 class _Files:
     """The files of an export being written, with their hashes computed at the end."""
 
@@ -190,21 +194,13 @@ class Exporter:
         self.service = service
         self.registry = registry
 
-    def _workdir(self) -> Path:
-        base = Path(self.config.data_dir) / "tmp"
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(prefix="relive-export-", dir=base))
-        except OSError:
-            return Path(tempfile.mkdtemp(prefix="relive-export-"))
-
     # -- export
 
     def export(self, name: str, include_models: bool) -> Iterator[bytes | Progress]:
         """Yields progress tuples (written, total, stage) and then the archive in chunks."""
         cap = self.service.get_capture(name)
         flt = self.service.capture_filter(cap)
-        work = self._workdir()
+        work = workdir(self.config)
         try:
             total = sum(
                 s.count for s in self.service.reader.timeline_segments(cap.ion, flt, first_chunk=16)
@@ -214,17 +210,25 @@ class Exporter:
             written = 0
             for written in self._write_events(cap, files):
                 yield (written, total, "events")
+            yield (written, total, "runs")
+            self._write_runs_before(cap, files)
             yield (written, total, "ion")
             self._write_ion(cap, files)
             code: list[str] = []
             if self._snapshots:
                 yield (written, total, "code")
                 code = export_code.write_snapshots(self._snapshots, self.registry, files, name)
+            inputs: list[str] = []
+            if self._inputs:
+                yield (written, total, "inputs")
+                inputs = export_inputs.write_inputs(
+                    self._inputs, cap.ion, self.service.inputs, files, name
+                )
             models = sorted(self._models)
             if include_models and models:
                 yield (written, total, "models")
-                self._write_models(models, files)
-            files.write_json("capture.json", self._capture_json(cap, written, models, code))
+                export_models.write_models(models, self.registry, files)
+            files.write_json("capture.json", self._capture_json(cap, written, models, code, inputs))
             manifest = files.manifest()
             (work / "files" / "MANIFEST.json").write_text(
                 json.dumps(manifest, indent=2, sort_keys=True) + "\n"
@@ -242,7 +246,7 @@ class Exporter:
             shutil.rmtree(work, ignore_errors=True)
 
     def _capture_json(
-        self, cap: Capture, count: int, models: list[str], code: list[str]
+        self, cap: Capture, count: int, models: list[str], code: list[str], inputs: list[str]
     ) -> dict[str, Any]:
         return {
             "format": FORMAT,
@@ -260,6 +264,7 @@ class Exporter:
             "event_count": count,
             "model_versions": models,
             "code_snapshots": code,
+            "recorded_inputs": inputs,
         }
 
     def _write_events(self, cap: Capture, files: _Files) -> Iterator[int]:
@@ -267,6 +272,11 @@ class Exporter:
         self._models: set[str] = set()
         # The code snapshots the window's runs ran, each with a run that ran it.
         self._snapshots: dict[str, str] = {}
+        # The recorded inputs the events name, each with an event that names it.
+        self._inputs: dict[str, str] = {}
+        # The runs with an event in the window, and those whose run.launched is in it.
+        self._runs: set[str] = set()
+        self._launched: set[str] = set()
         flt = self.service.capture_filter(cap)
         span_files: dict[str, IO[Any]] = {}
         span_dir = files.root.parent / "spans"
@@ -327,6 +337,7 @@ class Exporter:
                     out.write(json.dumps(span_to_otlp(e), separators=(",", ":")) + "\n")
                 elif which == "model" and e.model.model_version:
                     self._models.add(e.model.model_version)
+                self._note(e)
                 if e.type == "run.launched":
                     self._write_run(e, d, files)
                 n += 1
@@ -337,16 +348,57 @@ class Exporter:
         self._write_spans(span_files, span_dir, files)
         yield n
 
-    def _write_run(self, e: event_pb2.Event, d: dict[str, Any], files: _Files) -> None:
+    def _note(self, e: event_pb2.Event) -> None:
+        """What an event of the export needs carried: its run, the inputs it names."""
+        if e.run:
+            self._runs.add(e.run)
+        for name in input_names(e):
+            self._inputs.setdefault(name, e.name or f"the event at sequence {e.sequence}")
+
+    def _write_run(
+        self,
+        e: event_pb2.Event,
+        d: dict[str, Any],
+        files: _Files,
+        datasets: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """runs/<run>.json: the launch spec of a run. One launched before the window also
+        carries its launch record (the run.launched event is ``event``, and ``datasets``
+        its dataset.used events), which an import appends with the window's events."""
         run_id = e.run.rsplit("/", 1)[-1] if e.run else f"sequence-{e.sequence}"
         spec = (
             json_format.MessageToDict(e.lifecycle.details)
             if e.HasField("lifecycle") and e.lifecycle.HasField("details")
             else {}
         )
-        files.write_json(f"runs/{run_id}.json", {"run": e.run, "spec": spec, "event": d})
+        record: dict[str, Any] = {"run": e.run, "spec": spec, "event": d}
+        if datasets is not None:
+            record.update(before_window=True, datasets=datasets)
+        files.write_json(f"runs/{run_id}.json", record)
+        if e.run:
+            self._launched.add(e.run)
         for snapshot in export_code.snapshots_of_launch(spec):
             self._snapshots.setdefault(snapshot, e.run or f"at sequence {e.sequence}")
+        self._models.update(export_models.models_of_launch(spec))
+
+    def _write_runs_before(self, cap: Capture, files: _Files) -> None:
+        """The launch records of the runs that overlap the window but started before it (a
+        capture of an incident late in a long stream), found through the bucket summaries."""
+        missing = self._runs - self._launched
+        launches: dict[str, event_pb2.Event] = {}
+        datasets: dict[str, list[event_pb2.Event]] = {}
+        for e in self.service.launch_records(cap.ion, missing, end_ms=cap.start_ms):
+            if e.type == "run.launched":
+                launches[e.run] = e  # a run has one; the latest wins if a producer wrote more
+            else:
+                datasets.setdefault(e.run, []).append(e)
+        for run, launched in sorted(launches.items()):
+            record = datasets.get(run, [])
+            for e in (launched, *record):
+                self._note(e)
+            self._write_run(
+                launched, event_to_dict(launched), files, [event_to_dict(e) for e in record]
+            )
 
     def _write_spans(self, span_files: dict[str, IO[Any]], span_dir: Path, files: _Files) -> None:
         with files.open("spans.otlp.json") as out:
@@ -398,179 +450,3 @@ class Exporter:
                     }
                 )
         files.write_json("ion/ion.json", {"name": f"ions/{cap.ion}", "revisions": revisions})
-
-    def _write_models(self, models: list[str], files: _Files) -> None:
-        if self.registry is None:
-            return
-        download = self.registry.download_model
-        for name in models:
-            safe = name.replace("/", "_")
-            try:
-                with files.open(f"models/{safe}.bin", "wb") as f:
-                    meta = download(name, f)
-                files.write_json(f"models/{safe}.json", meta)
-            except errors.ReliveError as e:
-                # Missing, or another project's: the archive holds no partial file of it.
-                files.discard(f"models/{safe}.bin")
-                log.warning("export: model %s not included: %s", name, e)
-
-    # -- import
-
-    def import_(self, capture_id: str, chunks: Iterator[bytes]) -> ImportResult:
-        work = self._workdir()
-        try:
-            archive = work / "in.tar.gz"
-            with archive.open("wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-            root = work / "files"
-            self._extract(archive, root)
-            self._verify(root)
-            meta = json.loads((root / "capture.json").read_text())
-            ion = str(meta["ion"]).removeprefix("ions/")
-            parent = f"ions/{ion}"
-            target = check_id(capture_id or str(meta["capture_id"]), "header.capture_id")
-            self._check_ion_is_ours(ion)
-            if self.service.store.get_capture(f"{ion}:{target}") is not None:
-                raise errors.AlreadyExists(
-                    f"ION {parent} already has a capture named {target!r}", field="capture_id"
-                )
-            # The code first: a relaunch of the imported runs needs it, and a snapshot this
-            # registry refuses stops the import before anything of the capture is written.
-            export_code.restore_snapshots(root, self._listed(root), self.registry)
-            self._restore_ion(ion, root)
-            imported = present = 0
-            batch: list[event_pb2.Event] = []
-            with (root / "events.jsonl").open(encoding="utf-8") as f:
-                for line_no, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        e = json_format.ParseDict(json.loads(line), event_pb2.Event())
-                    except (ValueError, json_format.ParseError) as exc:
-                        raise errors.InvalidArgument(
-                            f"events.jsonl line {line_no} is not an event: {exc}",
-                            field="chunk",
-                        ) from exc
-                    e.ion = parent
-                    batch.append(e)
-                    if len(batch) >= IMPORT_BATCH:
-                        i, p = self._append(parent, batch)
-                        imported, present = imported + i, present + p
-                        batch = []
-            if batch:
-                i, p = self._append(parent, batch)
-                imported, present = imported + i, present + p
-            capture = self.service.create_capture(
-                parent,
-                target,
-                int(meta["start_ms"]),
-                int(meta["end_ms"]),
-                str(meta.get("description", "")),
-                imported_from=str(meta.get("name", "")),
-            )
-            return ImportResult(capture, imported, present)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-    def _append(self, parent: str, batch: list[event_pb2.Event]) -> tuple[int, int]:
-        result = self.service.append(parent, batch, restore=True)
-        if result.rejections:
-            r = result.rejections[0]
-            raise errors.InvalidArgument(
-                f"events.jsonl holds an event the recorder refuses: {r.field}: {r.reason}",
-                field="chunk",
-            )
-        return result.stored, result.duplicates
-
-    @staticmethod
-    def _extract(archive: Path, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            with tarfile.open(archive, "r:gz") as tar:
-                for member in tar:
-                    target = (root / member.name).resolve()
-                    if not member.isfile() and not member.isdir():
-                        raise errors.InvalidArgument(
-                            f"the archive holds {member.name!r}, which is not a plain file",
-                            field="chunk",
-                        )
-                    if root.resolve() not in target.parents and target != root.resolve():
-                        raise errors.InvalidArgument(
-                            f"the archive path {member.name!r} leaves the archive", field="chunk"
-                        )
-                    if member.isfile():
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        src = tar.extractfile(member)
-                        assert src is not None
-                        with src, target.open("wb") as out:
-                            shutil.copyfileobj(src, out, CHUNK_BYTES)
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise errors.InvalidArgument(
-                f"the upload is not a readable .tar.gz: {e}", field="chunk"
-            ) from e
-
-    @staticmethod
-    def _verify(root: Path) -> None:
-        manifest_path = root / "MANIFEST.json"
-        if not manifest_path.exists():
-            raise errors.InvalidArgument("the archive has no MANIFEST.json", field="chunk")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            files = manifest["files"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise errors.InvalidArgument(f"MANIFEST.json is malformed: {e}", field="chunk") from e
-        for required in ("capture.json", "events.jsonl"):
-            if required not in files:
-                raise errors.InvalidArgument(f"the archive has no {required}", field="chunk")
-        for name, info in files.items():
-            path = root / name
-            if not path.is_file():
-                raise errors.InvalidArgument(
-                    f"MANIFEST.json lists {name}, which the archive lacks", field="chunk"
-                )
-            h = hashlib.sha256()
-            with path.open("rb") as f:
-                while chunk := f.read(CHUNK_BYTES):
-                    h.update(chunk)
-            if h.hexdigest() != info.get("sha256"):
-                raise errors.InvalidArgument(
-                    f"{name} does not match its sha256 in MANIFEST.json", field="chunk"
-                )
-
-    @staticmethod
-    def _listed(root: Path) -> set[str]:
-        """The files MANIFEST.json lists (``_verify`` checked them)."""
-        return set(json.loads((root / "MANIFEST.json").read_text())["files"])
-
-    def _check_ion_is_ours(self, ion: str) -> None:
-        """An import creates the ION when it is missing, so another project's ION is taken
-        (ALREADY_EXISTS, as the registry answers a create), never written to."""
-        if self.registry is None:
-            return
-        owner = self.registry.project_of(ion, fresh=True)
-        if owner is not None and not identity.current().sees(owner):
-            raise errors.AlreadyExists(
-                f"the archive's ION ions/{ion} already exists in this deployment", field="ion"
-            )
-
-    def _restore_ion(self, ion: str, root: Path) -> None:
-        """Recreates the exported revisions in this deployment's registry."""
-        if self.registry is None:
-            return
-        info_path = root / "ion" / "ion.json"
-        if not info_path.exists():
-            return
-        info = json.loads(info_path.read_text())
-        yamls = [
-            ((root / r["file"]).read_text(encoding="utf-8"), str(r.get("source_path", "")))
-            for r in info.get("revisions", [])
-            if (root / r["file"]).is_file()
-        ]
-        if yamls:
-            self.registry.restore_revisions(ion, yamls)
-        elif not self.registry.ion_exists(ion):
-            raise errors.FailedPrecondition(
-                f"ions/{ion} does not exist here and the archive holds no revision of it",
-                field="ion",
-            )

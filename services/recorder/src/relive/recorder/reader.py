@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from operator import itemgetter
 from typing import Any
@@ -23,6 +24,7 @@ from relive import errors
 from relive.core.names import decode_token, encode_token
 from relive.recorder import bucket as bk
 from relive.recorder.bucket import TimelineKey, as_timeline_key, timeline_key
+from relive.recorder.retention import runs_inside
 from relive.recorder.store import Store
 from relive.recorder.v1 import event_pb2, recorder_pb2
 
@@ -420,6 +422,25 @@ class Reader:
         ]
         docs = heapq.merge(*scans, key=itemgetter("min_ms"))
         return merge_timeline(docs, self.blob_of, flt, after)
+
+    def runs_in_window(self, ion: str, start_ms: int, end_ms: int) -> set[str]:
+        """The runs with an event in [start_ms, end_ms), from the bucket summaries; only
+        buckets that straddle the window's ends, or hold too many runs to list, are decoded."""
+        runs: set[str] = set()
+        levels = self.levels.of(ion)
+        for level, span in enumerate(bk.LEVEL_SPANS_MS):
+            if level not in levels:
+                continue
+            scan = self.store.buckets_by_time(
+                ion, level, start_ms - span, end_ms, start_ms, first_chunk=16, summaries_only=True
+            )
+            for doc in scan:
+                runs |= runs_inside(doc, start_ms, end_ms, partial(self.decode, doc))
+        return runs
+
+    def decode(self, doc: dict[str, Any]) -> Iterable[event_pb2.Event]:
+        """A bucket's events, fetching its blob if the scan left it behind."""
+        return bk.decode_events(self.blob_of(doc))
 
     def arrival_segments(
         self, ion: str, flt: EventFilter, after_seq: int = 0, first_chunk: int = 4

@@ -1,8 +1,8 @@
 """What the recorder asks the registry: does an ION exist, its project, retention, revisions,
 and, for an export, the models and code snapshots its events name.
 
-The recorder never writes registry data except when an import recreates exported revisions
-and code snapshots.
+The recorder never writes registry data except when an import recreates exported revisions,
+code snapshots and model versions.
 With auth on it calls with the service token (RELIVE_SERVICE_TOKEN), which sees every
 project; the recorder itself decides what its caller may see.
 """
@@ -41,6 +41,8 @@ class Registry(Protocol):
     def download_code_snapshot(self, name: str, out: Path) -> dict[str, Any]: ...
 
     def restore_code_snapshot(self, header: registry_pb2.CodeSnapshot, archive: Path) -> str: ...
+
+    def restore_model(self, version: registry_pb2.ModelVersion, data: Path) -> str: ...
 
 
 class RegistryLink:
@@ -145,4 +147,23 @@ class RegistryLink:
             except ResourceExhausted as e:
                 # Over this registry's size limit: the caller's package, not a failed call.
                 raise FailedPrecondition(e.message, field=e.field, metadata=e.metadata) from e
+        return stored.name
+
+    def restore_model(self, version: registry_pb2.ModelVersion, data: Path) -> str:
+        """Stores an exported model version under its exported id, for the caller's project
+        (once: the same id with the same bytes is the stored version); returns its name."""
+        parts = version.name.split("/")
+        client = self._client.for_project(identity.current().project)
+        with calling("registry", f"cannot store model version {version.name}"):
+            stored = client.upload_model(
+                parts[1],
+                data,
+                producing_run=version.producing_run,
+                producing_node=version.producing_node,
+                dataset_refs=list(version.dataset_refs),
+                labels=dict(version.labels),
+                expected_sha256=version.sha256,
+                restore_version_id=int(parts[3]),
+                timeout=DOWNLOAD_TIMEOUT_S,
+            )
         return stored.name

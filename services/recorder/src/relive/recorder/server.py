@@ -12,6 +12,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from relive.core.config import Config
 from relive.core.serving import Server, build_server, run_service
 from relive.recorder.export import Exporter
+from relive.recorder.importer import Importer
 from relive.recorder.otlp import TraceServicer
 from relive.recorder.registry_link import RegistryLink
 from relive.recorder.service import RecorderService
@@ -100,7 +101,8 @@ def create_server(config: Config) -> tuple[Server, int]:
         )
     service = RecorderService(config, store, registry)
     exporter = Exporter(config, service, registry)
-    servicer = RecorderServicer(service, exporter)
+    importer = Importer(config, service, registry)
+    servicer = RecorderServicer(service, exporter, importer)
 
     def register(server: grpc.Server) -> None:
         recorder_pb2_grpc.add_RecorderServiceServicer_to_server(

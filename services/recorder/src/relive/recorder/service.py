@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -23,9 +23,10 @@ from relive.core.config import Config
 from relive.core.names import check_id, decode_token, encode_token, parse_name
 from relive.recorder import bucket as bk
 from relive.recorder import store as st
+from relive.recorder.inputs import RecordedInputs, input_names
 from relive.recorder.reader import AppendSignal, EventFilter, Reader, SpanLevels
 from relive.recorder.registry_link import Registry
-from relive.recorder.retention import DAY_MS, Action, Windows, judge
+from relive.recorder.retention import DAY_MS, PINNED_TYPES, Action, Windows, judge
 from relive.recorder.v1 import event_pb2
 from relive.recorder.writer import AppendResult, Writer
 
@@ -94,8 +95,11 @@ class RetentionPolicy:
 @dataclass
 class SweepResult:
     events_deleted: int
+    # Events older than the cutoff that stay for a capture: in its window, or the launch
+    # record of a run with an event in it.
     events_kept_by_captures: int
     cutoff_ms: int
+    inputs_deleted: int = 0
 
 
 def is_admin() -> bool:
@@ -115,6 +119,7 @@ class RecorderService:
         appended = AppendSignal()
         self.reader = Reader(store, levels, appended)
         self.writer = Writer(config, store, levels, appended.notify)
+        self.inputs = RecordedInputs(config, store, self.ion_of)
 
     # -- names
 
@@ -386,7 +391,8 @@ class RecorderService:
         return self.sweep(self.ion_of(parent), as_of_ms)
 
     def sweep(self, ion: str, as_of_ms: int | None = None) -> SweepResult:
-        """Deletes events older than the retention period, except those inside a capture.
+        """Deletes events and recorded inputs older than the retention period, except what a
+        capture keeps (docs/recorder-storage.md, "Retention").
 
         Works bucket by bucket (``retention.judge``): a bucket wholly deletable goes at once,
         one wholly inside a capture stays unread, and one in between is rewritten with the
@@ -397,11 +403,20 @@ class RecorderService:
         windows = Windows(
             (int(d["start_ms"]), int(d["end_ms"])) for d in self.store.captures_of(ion)
         )
+        found: list[frozenset[str]] = []
+
+        def pinned() -> frozenset[str]:
+            # Scanned once, and only when something is old enough to need it.
+            if not found:
+                found.append(self.pinned_runs(ion, windows))
+            return found[0]
+
         deleted = kept = 0
         now = dt.datetime.now(dt.UTC)
         for level in range(len(bk.LEVEL_SPANS_MS)):
             for doc in self.store.buckets_older_than(ion, level, cutoff):
-                verdict = judge(doc, cutoff, windows, partial(bk.decode_events, doc["blob"]))
+                decode = partial(bk.decode_events, doc["blob"])
+                verdict = judge(doc, cutoff, windows, decode, pinned())
                 deleted += verdict.deleted
                 kept += verdict.held
                 if verdict.action is Action.DELETE:
@@ -409,14 +424,42 @@ class RecorderService:
                 elif verdict.action is Action.REWRITE:
                     changes = bk.rewritten(doc, verdict.keep, now)
                     self.store.rewrite_bucket(doc["seq_key"], changes)
+
+        def pinned_inputs() -> set[str]:
+            return {n for e in self.launch_records(ion, pinned()) for n in input_names(e)}
+
+        inputs_deleted = self.inputs.sweep(ion, cutoff, windows, pinned_inputs)
         self.store.mark_swept(ion, now, days)
-        return SweepResult(deleted, kept, cutoff)
+        return SweepResult(deleted, kept, cutoff, inputs_deleted)
+
+    def pinned_runs(self, ion: str, windows: Windows) -> frozenset[str]:
+        """The runs with an event inside a capture window: their launch records are kept."""
+        runs: set[str] = set()
+        for start, end in windows.spans:
+            runs |= self.reader.runs_in_window(ion, start, end)
+        return frozenset(runs)
+
+    def launch_records(
+        self, ion: str, runs: Iterable[str], end_ms: int | None = None
+    ) -> Iterator[event_pb2.Event]:
+        """The ``run.launched`` and ``dataset.used`` events of ``runs`` before ``end_ms``,
+        in timeline order; the bucket summaries prune the scan."""
+        wanted = frozenset(runs)
+        if not wanted:
+            return iter(())
+        flt = EventFilter(end_ms=end_ms, types=PINNED_TYPES, runs=wanted)
+        return self.reader.iter_timeline(ion, flt, first_chunk=16)
 
     def sweep_all(self) -> None:
         for ion in self.store.ions():
             try:
                 result = self.sweep(ion)
-                if result.events_deleted:
-                    log.info("retention: ions/%s lost %d events", ion, result.events_deleted)
+                if result.events_deleted or result.inputs_deleted:
+                    log.info(
+                        "retention: ions/%s lost %d events and %d recorded inputs",
+                        ion,
+                        result.events_deleted,
+                        result.inputs_deleted,
+                    )
             except Exception:
                 log.exception("retention sweep of ions/%s failed", ion)

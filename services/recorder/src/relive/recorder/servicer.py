@@ -11,6 +11,8 @@ from google.rpc import code_pb2
 
 from relive import errors
 from relive.recorder.export import Exporter
+from relive.recorder.importer import Importer
+from relive.recorder.inputs import InputHeader, RecordedInput
 from relive.recorder.reader import ORDER_ARRIVAL, ORDER_TIMELINE, EventFilter
 from relive.recorder.service import Capture, RecorderService, RetentionPolicy, datetime_to_ms
 from relive.recorder.v1 import recorder_pb2, recorder_pb2_grpc
@@ -90,6 +92,39 @@ def policy_to_proto(p: RetentionPolicy) -> recorder_pb2.RetentionPolicy:
     return out
 
 
+def input_to_proto(r: RecordedInput) -> recorder_pb2.RecordedInput:
+    out = recorder_pb2.RecordedInput(
+        name=r.name,
+        sha256=r.sha256,
+        kind=r.kind,
+        media_type=r.media_type,
+        size_bytes=r.size_bytes,
+        first_use_time=ms_to_ts(r.first_use_ms),
+        last_use_time=ms_to_ts(r.last_use_ms),
+        labels=dict(r.labels),
+    )
+    if r.create_time is not None:
+        out.create_time.FromDatetime(r.create_time)
+    return out
+
+
+def input_header(h: recorder_pb2.CreateRecordedInputHeader) -> InputHeader:
+    r = h.recorded_input
+    use_ms = None
+    if h.HasField("use_time"):
+        if not 0 <= h.use_time.nanos < 1_000_000_000:
+            raise errors.InvalidArgument("header.use_time is malformed", field="header.use_time")
+        use_ms = ts_to_ms(h.use_time)
+    return InputHeader(
+        sha256=r.sha256,
+        kind=r.kind,
+        media_type=r.media_type,
+        labels=dict(r.labels),
+        name=r.name,
+        use_ms=use_ms,
+    )
+
+
 def _order(value: int) -> str:
     if value == recorder_pb2.EVENT_ORDER_ARRIVAL:
         return ORDER_ARRIVAL
@@ -99,9 +134,10 @@ def _order(value: int) -> str:
 
 
 class RecorderServicer(recorder_pb2_grpc.RecorderServiceServicer):
-    def __init__(self, service: RecorderService, exporter: Exporter) -> None:
+    def __init__(self, service: RecorderService, exporter: Exporter, importer: Importer) -> None:
         self.service = service
         self.exporter = exporter
+        self.importer = importer
 
     def AppendEvents(
         self, request: recorder_pb2.AppendEventsRequest, context: grpc.ServicerContext
@@ -237,12 +273,48 @@ class RecorderServicer(recorder_pb2_grpc.RecorderServiceServicer):
                     )
                 yield message.chunk
 
-        result = self.exporter.import_(first.header.capture_id, chunks())
+        result = self.importer.import_(first.header.capture_id, chunks())
         return recorder_pb2.ImportCaptureResponse(
             capture=capture_to_proto(result.capture),
             events_imported=result.imported,
             events_already_present=result.already_present,
         )
+
+    def CreateRecordedInput(
+        self,
+        request_iterator: Iterator[recorder_pb2.CreateRecordedInputRequest],
+        context: grpc.ServicerContext,
+    ) -> recorder_pb2.RecordedInput:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise errors.InvalidArgument(
+                "the first message of CreateRecordedInput must be a header", field="header"
+            )
+
+        def chunks() -> Iterator[bytes]:
+            for message in request_iterator:
+                if message.WhichOneof("payload") != "chunk":
+                    raise errors.InvalidArgument(
+                        "only the first message may be a header", field="header"
+                    )
+                yield message.chunk
+
+        header = first.header
+        found = self.service.inputs.create(header.parent, input_header(header), chunks())
+        return input_to_proto(found)
+
+    def GetRecordedInput(
+        self, request: recorder_pb2.GetRecordedInputRequest, context: grpc.ServicerContext
+    ) -> recorder_pb2.RecordedInput:
+        return input_to_proto(self.service.inputs.get(request.name))
+
+    def DownloadRecordedInput(
+        self, request: recorder_pb2.DownloadRecordedInputRequest, context: grpc.ServicerContext
+    ) -> Iterator[recorder_pb2.DownloadRecordedInputResponse]:
+        found, chunks = self.service.inputs.download(request.name)
+        yield recorder_pb2.DownloadRecordedInputResponse(recorded_input=input_to_proto(found))
+        for chunk in chunks:
+            yield recorder_pb2.DownloadRecordedInputResponse(chunk=chunk)
 
     def GetRetentionPolicy(
         self, request: recorder_pb2.GetRetentionPolicyRequest, context: grpc.ServicerContext

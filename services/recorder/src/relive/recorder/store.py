@@ -23,9 +23,12 @@ from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from relive.core import blobs
 from relive.core.config import Config
 from relive.recorder.bucket import (
     LEVEL_SPANS_MS,
+    MAX_MS,
+    MS_WIDTH,
     producer_key,
     producer_prefix,
     seq_key,
@@ -152,13 +155,52 @@ class RetentionDoc(me.Document):
     }
 
 
+class RecordedInputDoc(me.Document):
+    """Bytes a run took from the world, once per content hash per ION (``inputs.py``).
+
+    Up to ``INLINE_MAX_BYTES`` the bytes sit in ``data``; above, in the GridFS bucket
+    ``inputs`` (``file_id``), where the embedded store keeps them in a plain binary column:
+    measured, a 1 MiB input takes about 36 ms to write and 5 ms to read there, against 54 ms
+    and 33 ms as a document field, and a 16 KiB one 2.3 ms inline against 4.3 ms."""
+
+    key = me.StringField(required=True, unique=True)  # "<ion>:<sha256>"
+    ion = me.StringField(required=True)
+    sha256 = me.StringField(required=True)
+    kind = me.StringField(required=True)
+    media_type = me.StringField(required=True)
+    size_bytes = me.IntField(required=True)
+    # JSON: label keys may hold dots, which a document's keys may not.
+    labels_json = me.StringField(default="{}")
+    first_use_ms = me.IntField(required=True)
+    last_use_ms = me.IntField(required=True)
+    # "<ion>:<last use ms, 15 digits>:<sha256>": retention scans the inputs an ION last used
+    # before its cutoff through this one index.
+    use_key = me.StringField(required=True)
+    create_time = me.DateTimeField()
+    data = me.BinaryField()
+    file_id = me.ObjectIdField()
+    meta = {
+        "db_alias": "recorder",
+        "collection": "recorded_inputs",
+        "indexes": [{"fields": ["key"], "unique": True}, {"fields": ["use_key"]}],
+    }
+
+
 DOCUMENTS: tuple[type[me.Document], ...] = (
     EventBucket,
     SequenceCounter,
     EventIdClaim,
     CaptureDoc,
     RetentionDoc,
+    RecordedInputDoc,
 )
+# The GridFS bucket of recorded inputs above INLINE_MAX_BYTES.
+INPUTS_BUCKET = "inputs"
+INLINE_MAX_BYTES = 64 * 1024
+
+
+def use_key(ion: str, last_use_ms: int, sha256: str) -> str:
+    return f"{ion}:{max(0, min(last_use_ms, MAX_MS)):0{MS_WIDTH}d}:{sha256}"
 
 
 # ---- the store ---------------------------------------------------------------------------
@@ -188,6 +230,7 @@ class Store:
         self.event_ids = self._collection(EventIdClaim)
         self.captures = self._collection(CaptureDoc)
         self.retention = self._collection(RetentionDoc)
+        self.inputs = self._collection(RecordedInputDoc)
         self.ensure_indexes()
 
     def _collection(self, doc: type[me.Document]) -> Collection[dict[str, Any]]:
@@ -200,6 +243,7 @@ class Store:
                 coll.create_index(
                     [(f, ASCENDING) for f in spec["fields"]], unique=bool(spec.get("unique"))
                 )
+        blobs.ensure_indexes(self.db, INPUTS_BUCKET)
 
     def close(self) -> None:
         self.client.close()
@@ -432,3 +476,74 @@ class Store:
             {"$set": {"last_sweep_time": when}, "$setOnInsert": {"retention_days": default_days}},
             upsert=True,
         )
+
+    # -- recorded inputs
+
+    def get_input(self, key: str, with_data: bool = False) -> dict[str, Any] | None:
+        """An input's document; its inline bytes only ``with_data``."""
+        return self.inputs.find_one({"key": key}, None if with_data else {"data": 0})
+
+    def insert_input(self, doc: dict[str, Any]) -> bool:
+        """Stores an input's document; False when the ION holds that sha256 already."""
+        try:
+            self.inputs.insert_one(doc)
+            return True
+        except DuplicateKeyError:
+            return False
+
+    def touch_input(self, key: str, first_ms: int, last_ms: int) -> dict[str, Any] | None:
+        """Widens an input's use span to hold [first_ms, last_ms]; None when it is not stored.
+
+        ``use_key`` follows the last use with a second, conditional write: of two concurrent
+        touches only the one whose last use won sets it, so it never goes back in time."""
+        doc = self.inputs.find_one_and_update(
+            {"key": key},
+            {"$min": {"first_use_ms": first_ms}, "$max": {"last_use_ms": last_ms}},
+            projection={"data": 0},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            return None
+        last = int(doc["last_use_ms"])
+        wanted = use_key(str(doc["ion"]), last, str(doc["sha256"]))
+        if doc.get("use_key") != wanted:
+            self.inputs.update_one({"key": key, "last_use_ms": last}, {"$set": {"use_key": wanted}})
+            doc["use_key"] = wanted
+        return doc
+
+    def inputs_last_used_before(self, ion: str, cutoff_ms: int) -> Iterator[dict[str, Any]]:
+        """The inputs of an ION whose last use is before ``cutoff_ms``, without their bytes,
+        in pages, so a long list never makes the store materialise it at once."""
+        lo, hi = f"{ion}:", use_key(ion, cutoff_ms, "")
+        cond: dict[str, Any] = {"$gte": lo, "$lt": hi}
+        while True:
+            docs = list(
+                self.inputs.find({"use_key": cond}, {"data": 0})
+                .sort("use_key", ASCENDING)
+                .limit(64)
+            )
+            yield from docs
+            if len(docs) < 64:
+                return
+            cond = {"$gt": docs[-1]["use_key"], "$lt": hi}
+
+    def delete_input(self, key: str, last_use_ms: int) -> bool:
+        """Deletes an input unless it was used again since ``last_use_ms`` was read."""
+        return self.inputs.delete_one({"key": key, "last_use_ms": last_use_ms}).deleted_count == 1
+
+    def write_input_file(self, filename: str, chunks: Iterable[bytes]) -> Any:
+        """Writes bytes to a new GridFS file of the inputs bucket; returns its id."""
+        writer = blobs.BlobWriter(self.db, INPUTS_BUCKET, filename)
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def read_input_file(self, file_id: Any, chunk_size: int) -> Iterator[bytes]:
+        return blobs.read_chunks(self.db, INPUTS_BUCKET, file_id, chunk_size)
+
+    def delete_input_file(self, file_id: Any) -> None:
+        blobs.delete_file(self.db, INPUTS_BUCKET, file_id)

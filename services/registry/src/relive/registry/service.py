@@ -12,7 +12,10 @@ import hashlib
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
+
+from bson import ObjectId
 
 from relive.core import identity, names
 from relive.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
@@ -28,6 +31,8 @@ MAX_LABELS = 64
 DEFAULT_CHUNK = 1024 * 1024
 MAX_CHUNK = 4 * 1024 * 1024
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# The largest version id: version keys hold 10 digits (store.version_key).
+MAX_VERSION_ID = 10**10 - 1
 
 
 def _now() -> datetime:
@@ -321,8 +326,13 @@ class RegistryService:
         *,
         expected_sha256: str = "",
         request_id: str = "",
+        restore_version_id: int = 0,
     ) -> ModelVersion:
-        """Streams the bytes into GridFS, hashing as they come, and keeps one copy per sha256."""
+        """Streams the bytes into GridFS, hashing as they come, and keeps one copy per sha256.
+
+        ``restore_version_id`` (an import) stores the version under that id, so the names
+        another deployment recorded resolve here: the same id with the same bytes returns
+        the stored version, with other bytes it is ALREADY_EXISTS."""
         model_id = names.parse_name(parent, "models/{model}", "header.parent")["model"]
         _request_id(request_id, "header.request_id")
         self._check_lineage(lineage)
@@ -330,6 +340,12 @@ class RegistryService:
         if expected and not SHA256.match(expected):
             raise InvalidArgument(
                 "header.expected_sha256 must be 64 hex digits", field="header.expected_sha256"
+            )
+        if not 0 <= restore_version_id <= MAX_VERSION_ID:
+            raise InvalidArgument(
+                f"header.restore_version_id must be between 1 and {MAX_VERSION_ID}, "
+                f"got {restore_version_id}",
+                field="header.restore_version_id",
             )
         # A model belongs to its first version's project; ids are unique across projects.
         who = identity.current()
@@ -345,6 +361,38 @@ class RegistryService:
                     pass
                 return found
 
+        sha, size, file_id = self._upload(model_id, chunks, expected)
+        mv = ModelVersion(
+            model_id=model_id,
+            version_id=restore_version_id,
+            sha256=sha,
+            size_bytes=size,
+            lineage=lineage,
+            create_time=_now(),
+            project=project,
+        )
+        if restore_version_id:
+            try:
+                stored = self._restored(mv)
+            except AlreadyExists:
+                self.store.discard_upload(file_id)
+                raise
+            if stored is not None:
+                self.store.discard_upload(file_id)  # the bytes are there already
+                return stored
+        self.store.keep_blob(sha, file_id, size)
+        mv = self._restore_version(mv) if restore_version_id else self._new_version(mv)
+        if request_id:
+            first = self.store.remember(request_key, mv.name, mv.create_time)
+            if first != mv.name and (found := self._recalled_version(first)):
+                return found
+        return mv
+
+    def _upload(
+        self, model_id: str, chunks: Iterable[bytes], expected: str
+    ) -> tuple[str, int, ObjectId]:
+        """Writes the bytes to a new GridFS file, checking ``expected``; returns (sha256,
+        size, file). ``store.keep_blob`` then keeps one copy per sha256."""
         digest = hashlib.sha256()
         size = 0
         upload = self.store.open_upload(f"models/{model_id}")
@@ -364,23 +412,41 @@ class RegistryService:
                 f"the bytes' sha256 is {sha}, not the expected {expected}",
                 field="header.expected_sha256",
             )
-        self.store.keep_blob(sha, file_id, size)
-        now = _now()
-        mv = ModelVersion(
-            model_id=model_id,
-            version_id=self.store.next_value(f"mv:{model_id}"),
-            sha256=sha,
-            size_bytes=size,
-            lineage=lineage,
-            create_time=now,
-            project=project,
+        return sha, size, file_id
+
+    def _new_version(self, mv: ModelVersion) -> ModelVersion:
+        """The next id of the model's counter. An id a concurrent restore took is skipped."""
+        for _ in range(8):
+            numbered = replace(mv, version_id=self.store.next_value(f"mv:{mv.model_id}"))
+            if self.store.insert_model_version(numbered):
+                return numbered
+        raise Aborted(f"models/{mv.model_id} is being restored; try again", field="header.parent")
+
+    def _restored(self, mv: ModelVersion) -> ModelVersion | None:
+        """The version stored under ``mv``'s id when it holds the same bytes (a repeated
+        import), None when the id is free; ALREADY_EXISTS when it holds other bytes."""
+        stored = self.store.get_model_version(mv.model_id, mv.version_id)
+        if stored is None:
+            return None
+        if stored.sha256 == mv.sha256:
+            return stored
+        raise AlreadyExists(
+            f"{mv.name} already exists here with other bytes (sha256 {stored.sha256}, "
+            f"not {mv.sha256})",
+            field="header.restore_version_id",
         )
-        self.store.insert_model_version(mv)
-        if request_id:
-            first = self.store.remember(request_key, mv.name, now)
-            if first != mv.name and (found := self._recalled_version(first)):
-                return found
-        return mv
+
+    def _restore_version(self, mv: ModelVersion) -> ModelVersion:
+        """The version under its exported id. The counter moves past the id first, so a
+        later create never hands it out again."""
+        self.store.advance_counter(f"mv:{mv.model_id}", mv.version_id)
+        if self.store.insert_model_version(mv):
+            return mv
+        # Taken between the check and the insert (a concurrent create or restore).
+        stored = self._restored(mv)
+        if stored is None:
+            raise Aborted(f"{mv.name} is being stored by another call; try again", field="name")
+        return stored
 
     @staticmethod
     def _check_lineage(lineage: Lineage) -> None:

@@ -275,6 +275,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             chunks(),
             expected_sha256=header.expected_sha256,
             request_id=header.request_id,
+            restore_version_id=header.restore_version_id,
         )
         return model_version_to_pb(mv)
 

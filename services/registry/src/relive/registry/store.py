@@ -16,7 +16,7 @@ from typing import Any
 
 import gridfs
 import mongoengine
-from bson import Binary, ObjectId
+from bson import ObjectId
 from mongoengine import (
     BinaryField,
     BooleanField,
@@ -31,6 +31,8 @@ from mongoengine import (
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from relive.core import blobs
+from relive.core.blobs import GRIDFS_CHUNK, BlobWriter
 from relive.errors import AlreadyExists
 from relive.registry.model import (
     CodeRef,
@@ -46,7 +48,6 @@ ALIAS = "registry"
 # One GridFS bucket holds every blob (model bytes and code archives), addressed by sha256
 # through BlobDoc; its name predates code snapshots.
 BUCKET = "models"
-GRIDFS_CHUNK = 1024 * 1024
 
 
 def _ms(value: datetime) -> int:
@@ -253,59 +254,6 @@ class CounterDoc(Document):
     value = IntField(default=0)
 
 
-class BlobWriter:
-    """Writes one GridFS file (the standard ``files``/``chunks`` layout), a chunk at a time.
-
-    pymongo's ``GridIn`` buffers up to 48 MB of chunks before it inserts them, which would
-    hold most of a large model in memory; this writer keeps at most one chunk.
-    """
-
-    def __init__(self, db: Any, filename: str, chunk_size: int = GRIDFS_CHUNK) -> None:
-        self._files = db[f"{BUCKET}.files"]
-        self._chunks = db[f"{BUCKET}.chunks"]
-        self.file_id = ObjectId()
-        self.filename = filename
-        self.chunk_size = chunk_size
-        self.length = 0
-        self._n = 0
-        self._pending = bytearray()
-        self._closed = False
-
-    def write(self, data: bytes) -> None:
-        self._pending += data
-        self.length += len(data)
-        while len(self._pending) >= self.chunk_size:
-            self._put(bytes(self._pending[: self.chunk_size]))
-            del self._pending[: self.chunk_size]
-
-    def _put(self, data: bytes) -> None:
-        self._chunks.insert_one({"files_id": self.file_id, "n": self._n, "data": Binary(data)})
-        self._n += 1
-
-    def close(self) -> ObjectId:
-        if self._pending:
-            self._put(bytes(self._pending))
-            self._pending.clear()
-        self._files.insert_one(
-            {
-                "_id": self.file_id,
-                "length": self.length,
-                "chunkSize": self.chunk_size,
-                "uploadDate": datetime.now(UTC),
-                "filename": self.filename,
-            }
-        )
-        self._closed = True
-        return self.file_id
-
-    def abort(self) -> None:
-        """Deletes what was written. The files document exists only once closed (and the
-        embedded store fails a delete of a GridFS files document it does not have)."""
-        self._chunks.delete_many({"files_id": self.file_id})
-        if self._closed:
-            self._files.delete_many({"_id": self.file_id})
-
-
 class RegistryStore:
     """Queries over the documents above, returning domain values."""
 
@@ -321,11 +269,7 @@ class RegistryStore:
             CounterDoc,
         ):
             doc.ensure_indexes()
-        chunks = self._db()[f"{BUCKET}.chunks"]
-        # The GridFS standard index, and a single-field one the embedded store can use.
-        chunks.create_index([("files_id", 1), ("n", 1)], unique=True)
-        chunks.create_index("files_id")
-        self._db()[f"{BUCKET}.files"].create_index([("filename", 1), ("uploadDate", 1)])
+        blobs.ensure_indexes(self._db(), BUCKET)
 
     def _db(self) -> Any:
         return mongoengine.get_db(ALIAS)
@@ -347,6 +291,17 @@ class RegistryStore:
                     return_document=ReturnDocument.AFTER,
                 )
                 return int(doc["value"])
+            except DuplicateKeyError:
+                continue  # two first calls raced on the upsert; the loser retries
+        raise AlreadyExists(f"counter {key} is contended")
+
+    def advance_counter(self, key: str, at_least: int) -> None:
+        """Moves a counter to ``at_least`` unless it is past it already."""
+        coll = CounterDoc._get_collection()
+        for _ in range(3):
+            try:
+                coll.update_one({"key": key}, {"$max": {"value": at_least}}, upsert=True)
+                return
             except DuplicateKeyError:
                 continue  # two first calls raced on the upsert; the loser retries
         raise AlreadyExists(f"counter {key} is contended")
@@ -466,7 +421,7 @@ class RegistryStore:
 
     def open_upload(self, filename: str) -> BlobWriter:
         """A GridFS file being written; ``filename`` says what it holds ("models/m")."""
-        return BlobWriter(self._db(), filename)
+        return BlobWriter(self._db(), BUCKET, filename)
 
     def keep_blob(self, sha256: str, file_id: ObjectId, size_bytes: int) -> ObjectId:
         """Stores the bytes once per sha256: a duplicate upload is deleted in favour of the
@@ -489,21 +444,25 @@ class RegistryStore:
         with contextlib.suppress(gridfs.errors.NoFile):
             self._bucket().delete(file_id)
 
-    def insert_model_version(self, mv: ModelVersion) -> ModelVersion:
-        ModelVersionDoc(
-            key=version_key(mv.model_id, mv.version_id),
-            model_id=mv.model_id,
-            project=mv.project,
-            version_id=mv.version_id,
-            sha256=mv.sha256,
-            size_bytes=mv.size_bytes,
-            producing_run=mv.lineage.producing_run,
-            producing_node=mv.lineage.producing_node,
-            dataset_refs=[d.__dict__ for d in mv.lineage.dataset_refs],
-            labels_json=json.dumps(mv.lineage.labels, sort_keys=True),
-            create_ms=_ms(mv.create_time),
-        ).save(force_insert=True)
-        return mv
+    def insert_model_version(self, mv: ModelVersion) -> bool:
+        """Stores a version; False when its id is taken (by a restore, or a concurrent one)."""
+        try:
+            ModelVersionDoc(
+                key=version_key(mv.model_id, mv.version_id),
+                model_id=mv.model_id,
+                project=mv.project,
+                version_id=mv.version_id,
+                sha256=mv.sha256,
+                size_bytes=mv.size_bytes,
+                producing_run=mv.lineage.producing_run,
+                producing_node=mv.lineage.producing_node,
+                dataset_refs=[d.__dict__ for d in mv.lineage.dataset_refs],
+                labels_json=json.dumps(mv.lineage.labels, sort_keys=True),
+                create_ms=_ms(mv.create_time),
+            ).save(force_insert=True)
+        except mongoengine.NotUniqueError:
+            return False
+        return True
 
     def get_model_version(self, model_id: str, version_id: int) -> ModelVersion | None:
         doc = ModelVersionDoc.objects(key=version_key(model_id, version_id)).first()
@@ -534,32 +493,11 @@ class RegistryStore:
         return [d.to_domain() for d in query.limit(limit)]
 
     def read_blob(self, sha256: str, chunk_size: int) -> Iterator[bytes]:
-        """The bytes of a blob, ``chunk_size`` at a time, never all at once.
-
-        GridFS chunks are fetched one query each, not through ``GridOut``: the embedded store
-        answers a cursor with every remaining document in one reply, which for a large model
-        means the whole model in memory (and past 48 MB, a protocol error).
-        """
+        """The bytes of a blob, ``chunk_size`` at a time, never all at once."""
         blob = BlobDoc.objects(sha256=sha256).first()
         if blob is None:
             raise FileNotFoundError(sha256)
-        db = self._db()
-        meta = db[f"{BUCKET}.files"].find_one({"_id": blob.file_id})
-        if meta is None:
-            raise FileNotFoundError(sha256)
-        chunks = db[f"{BUCKET}.chunks"]
-        count = -(-int(meta["length"]) // int(meta["chunkSize"]))
-        pending = bytearray()
-        for n in range(count):
-            doc = chunks.find_one({"files_id": blob.file_id, "n": n})
-            if doc is None:
-                raise FileNotFoundError(f"{sha256}: chunk {n} of {count} is missing")
-            pending += doc["data"]
-            while len(pending) >= chunk_size:
-                yield bytes(pending[:chunk_size])
-                del pending[:chunk_size]
-        if pending:
-            yield bytes(pending)
+        yield from blobs.read_chunks(self._db(), BUCKET, blob.file_id, chunk_size)
 
     # -------------------------------------------------------------------- code snapshots
 

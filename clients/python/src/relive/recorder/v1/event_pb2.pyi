@@ -325,19 +325,25 @@ class DatasetAttributes(_message.Message):
     URI_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
     uri: _builtins.str
     sha256: _builtins.str
     size_bytes: _builtins.int
+    input: _builtins.str
+    """The RecordedInput holding a snapshot of the dataset, "ions/{ion}/inputs/{sha256}";
+    empty when it was not snapshotted.
+    """
     def __init__(
         self,
         *,
         uri: _builtins.str = ...,
         sha256: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
+        input: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "size_bytes", b"size_bytes", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "sha256", b"sha256", "size_bytes", b"size_bytes", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
